@@ -1,0 +1,101 @@
+"""bootstrap-admin: create Coder's first user, so humans land on SSO and never on /setup.
+
+Plan: `GET /users/first` decides between creating the user and verifying that the
+configured credentials still log in. Apply: `POST /users/first` (trial off), where a 409
+means another run won the race and we verify instead.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jobs.coder import CoderClient, client_from_settings
+from jobs.context import RunContext
+from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError
+from jobs.plan import Action, log_plan
+from jobs.settings import BootstrapSettings
+
+RUNBOOK_HINT = "see RUNBOOK.md, 'First user exists but credentials rejected'"
+
+
+def plan(first_user_exists: bool, settings: BootstrapSettings) -> list[Action]:
+    if first_user_exists:
+        return [Action("verify-credentials", f"user/{settings.coder_admin_email}", "a first user already exists")]
+    details: dict[str, Any] = {"username": settings.coder_admin_username, "email": settings.coder_admin_email, "trial": False}
+    if settings.coder_setup_token:
+        details["setup_token"] = "set"
+    return [Action("create-first-user", f"user/{settings.coder_admin_username}", "coderd has no users yet", details)]
+
+
+def first_user_body(settings: BootstrapSettings) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "email": settings.coder_admin_email,
+        "username": settings.coder_admin_username,
+        "password": settings.coder_admin_password.get_secret_value(),
+        # The release image calls Coder's licensor for a trial and fails air-gapped (BEHAVIOR.md §2).
+        "trial": False,
+    }
+    if settings.coder_admin_name:
+        body["name"] = settings.coder_admin_name
+    if settings.coder_setup_token:
+        body["setup_token"] = settings.coder_setup_token.get_secret_value()
+    return body
+
+
+def _refused_for_setup_token(err: CoderAPIError) -> bool:
+    text = f"{err.message} {err.detail}".lower()
+    return err.status in (400, 401, 403) and ("setup token" in text or "setup_token" in text or "setup_token" in err.field_names())
+
+
+def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any) -> bool:
+    """True when we created the user, False when someone else had (409)."""
+    try:
+        created = client.create_first_user(first_user_body(settings))
+    except CoderAPIError as err:
+        if err.status == 409:
+            log.info("another run created the first user first", username=settings.coder_admin_username)
+            return False
+        if _refused_for_setup_token(err):
+            hint = "CODER_SETUP_TOKEN is set but coderd rejected it" if settings.coder_setup_token else "set CODER_SETUP_TOKEN"
+            raise JobError(f"coderd refused to create the first user without a valid setup token ({hint}): {err.describe()}") from None
+        if err.status == 400:
+            raise ConfigError(f"coderd rejected the first user: {err.describe()}") from None
+        raise
+    log.info("created the first user", user_id=created.get("user_id"), organization_id=created.get("organization_id"),
+             username=settings.coder_admin_username)
+    return True
+
+
+def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: Any) -> None:
+    try:
+        client.password_login(settings.coder_admin_email, settings.coder_admin_password.get_secret_value())
+    except CoderAPIError as err:
+        if err.status in (400, 401, 403):
+            raise JobError(
+                f"the first user already exists, but CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD do not log in to it "
+                f"(coderd: {err.message or err.status}). Either set the Secret to the existing admin's credentials, "
+                f"or reset that user's password with `coder reset-password` ({RUNBOOK_HINT})"
+            ) from None
+        raise
+    log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)
+
+
+def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> list[Action]:
+    actions = plan(client.first_user_exists(), settings)
+    log_plan(ctx.log, actions, ctx.dry_run)
+    if ctx.dry_run:
+        return actions
+    for action in actions:
+        if action.kind == "create-first-user":
+            if not create_first_user(client, settings, ctx.log):
+                verify_credentials(client, settings, ctx.log)
+        elif action.kind == "verify-credentials":
+            verify_credentials(client, settings, ctx.log)
+    return actions
+
+
+def run(settings: BootstrapSettings, ctx: RunContext) -> int:
+    with client_from_settings(settings) as client:
+        client.wait_ready()
+        converge(client, settings, ctx)
+    return EXIT_OK

@@ -1,0 +1,123 @@
+"""`coder-jobs` command line: global flags, one subcommand per job, exit codes 0/1/2.
+
+Job modules are imported only when their subcommand runs, so jobs that never talk to
+Kubernetes never import the `kubernetes` package (start-up time in a CronJob matters).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import signal
+import sys
+from typing import Any, Sequence
+
+from pydantic import SecretStr
+
+from jobs import __version__, settings as settings_mod
+from jobs.context import RunContext
+from jobs.errors import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, ConfigError, JobError, Terminated
+from jobs.log import configure, get_logger, register_secrets
+
+# name -> (module, settings class, help, extra boolean flags)
+JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
+    "sync-external-auth": (
+        "jobs.sync_external_auth",
+        "ExternalAuthSettings",
+        "Materialize coderd's GitHub external-auth Secret from the two source Secrets",
+        {"adopt": "take over a target Secret that coder-jobs did not create"},
+    ),
+    "bootstrap-admin": ("jobs.bootstrap_admin", "BootstrapSettings", "Create Coder's first (admin) user", {}),
+    "republish-templates": (
+        "jobs.republish",
+        "TemplatesSettings",
+        "Publish the Coder templates when their content or settings changed",
+        {},
+    ),
+    "recover": ("jobs.recover", "RecoverSettings", "Heal a database reset: bootstrap-admin, then republish-templates", {}),
+    "doctor": ("jobs.doctor", "RecoverSettings", "Read-only drift report; exit 0 healthy, 1 drift", {}),
+    "reap": (
+        "jobs.reap",
+        "ReapSettings",
+        "Stop idle workspaces, check per-user quotas, find orphaned workspace pods",
+        {"delete-orphans": "delete orphaned workspace pods (default: report only)"},
+    ),
+}
+
+SECRET_ENV = ("CODER_ADMIN_PASSWORD", "CODER_SESSION_TOKEN", "CODER_SETUP_TOKEN")
+
+
+def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+    # Accepted both before and after the subcommand; SUPPRESS keeps the later one from
+    # overwriting the earlier with its default.
+    p = argparse.ArgumentParser(add_help=False)
+    default = None if defaults else argparse.SUPPRESS
+    p.add_argument("--dry-run", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                   help="plan and print, write nothing")
+    p.add_argument("--log-format", choices=["json", "console"], default=default,
+                   help="json (default when stdout is not a terminal) or console")
+    return p
+
+
+def _settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+    """One flag per non-secret setting: --coder-url overrides CODER_URL."""
+    group = parser.add_argument_group("settings (flags override environment variables)")
+    for name, info in cls.model_fields.items():
+        if info.annotation is SecretStr or "SecretStr" in str(info.annotation):
+            continue  # secrets only from the environment: flags show up in `ps`
+        default = "" if info.is_required() else f" (default: {info.default})"
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None, metavar="VALUE",
+                           help=f"{info.description or ''} [env {name.upper()}]{default}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="coder-jobs",
+        description="Lifecycle and recovery jobs for a self-hosted Coder deployment.",
+        epilog="Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.",
+        parents=[_global_flags(defaults=True)],
+    )
+    parser.add_argument("--version", action="version", version=f"coder-jobs {__version__}")
+    sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    for name, (_module, cls_name, help_text, flags) in JOBS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[_global_flags(defaults=False)])
+        for flag, flag_help in flags.items():
+            p.add_argument(f"--{flag}", action="store_true", help=flag_help)
+        _settings_flags(p, getattr(settings_mod, cls_name))
+    return parser
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated("terminated by SIGTERM (activeDeadlineSeconds or eviction); the next run converges")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure(args.log_format or os.environ.get("CODER_JOBS_LOG_FORMAT") or None, job=args.job)
+    log = get_logger()
+    register_secrets(os.environ.get(name) for name in SECRET_ENV)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    module_name, cls_name, _help, flags = JOBS[args.job]
+    try:
+        overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
+        settings = settings_mod.load(getattr(settings_mod, cls_name), overrides)
+        register_secrets(settings.secret_values())
+        ctx = RunContext(dry_run=args.dry_run, log=log,
+                         flags={f.replace("-", "_"): getattr(args, f.replace("-", "_")) for f in flags})
+        module = importlib.import_module(module_name)
+        return int(module.run(settings, ctx))
+    except ConfigError as exc:
+        log.error(str(exc), exit_code=EXIT_BAD_INPUT)
+        return EXIT_BAD_INPUT
+    except JobError as exc:
+        log.error(str(exc), exit_code=exc.exit_code)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        log.error("interrupted", exit_code=EXIT_NOT_CONVERGED)
+        return EXIT_NOT_CONVERGED
+    except Exception as exc:  # a bug: report it (redacted), never a raw traceback
+        log.exception(f"unexpected error: {type(exc).__name__}", exit_code=EXIT_NOT_CONVERGED)
+        return EXIT_NOT_CONVERGED
+    finally:
+        sys.stdout.flush()

@@ -1,0 +1,203 @@
+"""Configuration from environment variables (the chart sets them); CLI flags override.
+
+One class per job. Loading never echoes a value back: errors name the variable and
+what is wrong with it, so a bad password can be reported without being printed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from jobs import validation
+from jobs.durations import parse_duration
+from jobs.errors import ConfigError
+
+
+def _check(value: Any, problem: str | None) -> Any:
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+class JobSettings(BaseSettings):
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, case_sensitive=False)
+
+    @classmethod
+    def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
+        """Checks that span several variables. `raw` is env + overrides, upper-cased keys."""
+        return []
+
+    def secret_values(self) -> list[str]:
+        """Every secret this configuration holds, for the log redactor."""
+        out = []
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if isinstance(value, SecretStr) and value.get_secret_value():
+                out.append(value.get_secret_value())
+        return out
+
+
+class CoderSettings(JobSettings):
+    """How to reach coderd and authenticate. Shared by every job that calls the Coder API."""
+
+    coder_url: AnyHttpUrl = Field(description="Base URL of coderd, e.g. http://coder.coder.svc.cluster.local")
+    coder_session_token: SecretStr | None = Field(None, description="API token; when unset, log in with the admin credentials")
+    coder_admin_email: str | None = Field(None, description="Email of the bootstrap admin (first user)")
+    coder_admin_password: SecretStr | None = Field(None, description="Password of the bootstrap admin")
+    coder_organization: str = Field("default", description="Organization name or id (`default` = the default org)")
+    coder_ready_timeout: float = Field(300.0, gt=0, le=86400, description="Seconds to wait for coderd to answer")
+    coder_request_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one HTTP request")
+
+    @classmethod
+    def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
+        if raw.get("CODER_SESSION_TOKEN"):
+            return []
+        missing = [n for n in ("CODER_ADMIN_EMAIL", "CODER_ADMIN_PASSWORD") if not raw.get(n)]
+        if missing:
+            return [f"{' and '.join(missing)}: required when CODER_SESSION_TOKEN is not set"]
+        return []
+
+
+class BootstrapSettings(CoderSettings):
+    coder_admin_username: str = Field(description="Username of the first user")
+    coder_admin_email: str = Field(description="Email of the first user")
+    coder_admin_password: SecretStr = Field(description="Password of the first user")
+    coder_admin_name: str | None = Field(None, description="Full name of the first user")
+    coder_setup_token: SecretStr | None = Field(None, description="One-time setup token newer coderd releases may require")
+
+    # coderd's own rules (BEHAVIOR.md §2), so bad input fails before anything is sent.
+    @field_validator("coder_admin_username")
+    @classmethod
+    def _username(cls, value: str) -> str:
+        return _check(value, validation.username_problem(value))
+
+    @field_validator("coder_admin_email")
+    @classmethod
+    def _email(cls, value: str) -> str:
+        return _check(value, validation.email_problem(value))
+
+    @field_validator("coder_admin_name")
+    @classmethod
+    def _name(cls, value: str | None) -> str | None:
+        return _check(value, validation.real_name_problem(value))
+
+    @field_validator("coder_admin_password")
+    @classmethod
+    def _password(cls, value: SecretStr) -> SecretStr:
+        return _check(value, validation.password_problem(value.get_secret_value()))
+
+    @classmethod
+    def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
+        return []  # the admin credentials are required fields here
+
+
+class TemplatesSettings(CoderSettings):
+    templates_dir: Path = Field(description="Folder with one subfolder per Coder template")
+    templates: str | None = Field(None, description="Comma list of templates to publish (default: every subfolder)")
+    templates_revision: str | None = Field(None, description="Revision recorded on new versions, e.g. a git commit")
+    template_build_timeout: float = Field(600.0, gt=0, le=7200, description="Seconds to wait for a version's provisioner job")
+
+    @field_validator("templates_dir")
+    @classmethod
+    def _is_dir(cls, value: Path) -> Path:
+        if not value.is_dir():
+            raise ValueError(f"not a directory: {value}")
+        return value
+
+    def template_names(self) -> list[str] | None:
+        if not self.templates:
+            return None
+        return [t.strip() for t in self.templates.split(",") if t.strip()]
+
+
+class RecoverSettings(BootstrapSettings, TemplatesSettings):
+    """`recover` and `doctor` need both the first-user and the template settings."""
+
+
+class ExternalAuthSettings(JobSettings):
+    pod_namespace: str | None = Field(None, description="Namespace of the Secrets (default: the pod's own namespace)")
+    external_auth_client_id_secret: str = Field("coder-github-oauth-client-id", description="Source Secret with the OAuth client id")
+    external_auth_client_secret_secret: str = Field(
+        "coder-github-oauth-client-secret", description="Source Secret with the OAuth client secret"
+    )
+    external_auth_target_secret: str = Field("coder-external-auth-github", description="Secret coderd reads with envFrom")
+    external_auth_id: str = Field("github", description="External auth provider id (CODER_EXTERNAL_AUTH_0_ID)")
+    coder_deployment: str | None = Field(None, description="coderd Deployment to roll when the content changes")
+
+    @field_validator("external_auth_id")
+    @classmethod
+    def _provider_id(cls, value: str) -> str:
+        return _check(value, validation.username_problem(value))  # coderd applies NameValid to ids
+
+
+class ReapSettings(CoderSettings):
+    reap_idle_after: str = Field("2h", description="Stop running workspaces unused for this long (2h, 90m, 3600s)")
+    reap_max_stops: int = Field(20, ge=0, le=10000, description="At most this many stop builds per run")
+    reap_exempt: str | None = Field(None, description="Comma list of owner/workspace globs never stopped")
+    reap_max_workspaces_per_user: int | None = Field(None, ge=1, description="Report owners with more workspaces")
+    reap_max_running_per_user: int | None = Field(None, ge=1, description="Report (or stop) owners with more running")
+    reap_quota_action: Literal["report", "stop"] = Field("report", description="What to do with running-quota violations")
+    reap_rules_file: Path | None = Field(None, description="YAML rules overriding idle-after and exemption")
+    reap_workspace_namespace: str | None = Field(None, description="Namespace of workspace pods (quota and orphan checks)")
+    reap_concurrency: int = Field(4, ge=1, le=64, description="Stop builds issued in parallel")
+    reap_page_size: int = Field(500, ge=1, le=10000, description="Workspaces per list request")
+
+    @field_validator("reap_idle_after")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    def idle_after(self) -> timedelta:
+        return parse_duration(self.reap_idle_after)
+
+    def exempt_globs(self) -> list[str]:
+        return [g.strip() for g in (self.reap_exempt or "").split(",") if g.strip()]
+
+
+ALL_SETTINGS: tuple[type[JobSettings], ...] = (
+    CoderSettings,
+    BootstrapSettings,
+    TemplatesSettings,
+    RecoverSettings,
+    ExternalAuthSettings,
+    ReapSettings,
+)
+
+# Variables read outside the settings classes (Kubernetes' own conventions).
+OTHER_ENV_VARS = {"KUBERNETES_SERVICE_HOST", "KUBECONFIG", "CODER_JOBS_LOG_FORMAT"}
+
+
+def env_name(field: str) -> str:
+    return field.upper()
+
+
+def known_env_vars() -> set[str]:
+    names = {env_name(f) for cls in ALL_SETTINGS for f in cls.model_fields}
+    return names | OTHER_ENV_VARS
+
+
+def load(cls: type[JobSettings], overrides: Mapping[str, Any] | None = None) -> Any:
+    """Build settings from env + overrides, or raise ConfigError naming every bad variable."""
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    raw = {k.upper(): v for k, v in os.environ.items()}
+    raw.update({env_name(k): v for k, v in given.items()})
+    problems: list[str] = []
+    settings = None
+    try:
+        settings = cls(**given)
+    except ValidationError as exc:
+        for err in exc.errors(include_input=False, include_url=False):
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{env_name(loc)}: {'is required' if err['type'] == 'missing' else msg}")
+    problems.extend(cls.cross_checks(raw))
+    if problems:
+        raise ConfigError("invalid configuration", problems)
+    return settings
