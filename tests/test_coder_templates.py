@@ -1,0 +1,567 @@
+"""Invariants of the Coder templates shipped in chart/files/coder-templates.
+
+Each template folder is archived on its own by the republisher and uploaded to
+Coder, so every folder is self-contained: a thin root module (template
+variables + provider wiring) and a vendored copy of the shared workspace module
+under modules/workspace. These tests parse the Terraform with python-hcl2 and
+pin the platform team's spec: envbuilder by digest, no Docker daemon, the
+developer's own GitHub token, code-server in the same container, best-effort
+Codex tooling, reaper labels, and nothing that turns a workspace into an
+automated executor.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+TEMPLATES_DIR = REPO_ROOT / "chart" / "files" / "coder-templates"
+MODULE_SUBDIR = Path("modules") / "workspace"
+SETTINGS_FILE = "coder-template.yaml"
+
+# Template name -> repository envbuilder clones by default.
+EXPECTED_TEMPLATES = {
+    "ameide-dev": "https://github.com/ameideio/ameide",
+    "ameide-gitops": "https://github.com/ameideio/ameide-gitops",
+}
+
+CODEX_AUTH_SLOTS = [
+    "codex-auth-rotating-0",
+    "codex-auth-rotating-1",
+    "codex-auth-rotating-2",
+    "codex-auth-0",
+    "codex-auth-1",
+    "codex-auth-2",
+]
+
+REAPER_LABELS = {
+    "app.kubernetes.io/name": "coder-workspace",
+    "app.kubernetes.io/part-of": "coder",
+    "com.coder.workspace.id": "${data.coder_workspace.me.id}",
+    "com.coder.workspace.name": "${data.coder_workspace.me.name}",
+    "com.coder.user.id": "${data.coder_workspace_owner.me.id}",
+    "com.coder.user.username": "${data.coder_workspace_owner.me.name}",
+    "com.coder.template.name": "${var.template_name}",
+}
+
+
+# --------------------------------------------------------------------------
+# HCL loading helpers
+# --------------------------------------------------------------------------
+
+
+def _load_hcl(path: Path) -> dict[str, Any]:
+    """Parse one .tf file into plain Python values.
+
+    python-hcl2 8.x keeps string quotes and adds block markers by default;
+    ask for plain strings and no markers. Interpolations stay as "${...}" and
+    heredocs stay raw ("<<-EOT ... EOT"), which keeps scripts readable.
+    """
+    with path.open(encoding="utf-8") as f:
+        try:
+            from hcl2 import SerializationOptions
+        except ImportError:  # python-hcl2 7.x already returns plain values
+            return hcl2.load(f)
+        options = SerializationOptions(
+            with_comments=False,
+            explicit_blocks=False,
+            preserve_heredocs=True,
+            strip_string_quotes=True,
+        )
+        return hcl2.load(f, serialization_options=options)
+
+
+class TfModule:
+    """All .tf files of one Terraform module directory, merged."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.files = sorted(directory.glob("*.tf"))
+        assert self.files, f"no .tf files in {directory}"
+        self.variables: dict[str, dict] = {}
+        self.resources: dict[tuple[str, str], dict] = {}
+        self.data: dict[tuple[str, str], dict] = {}
+        self.modules: dict[str, dict] = {}
+        self.providers: dict[str, dict] = {}
+        self.locals: dict[str, Any] = {}
+        self.required_providers: dict[str, dict] = {}
+        for path in self.files:
+            doc = _load_hcl(path)
+            for block in doc.get("variable", []):
+                self.variables.update(block)
+            for kind, target in (("resource", self.resources), ("data", self.data)):
+                for block in doc.get(kind, []):
+                    for rtype, by_name in block.items():
+                        for rname, body in by_name.items():
+                            target[(rtype, rname)] = body
+            for block in doc.get("module", []):
+                self.modules.update(block)
+            for block in doc.get("provider", []):
+                self.providers.update(block)
+            for block in doc.get("locals", []):
+                self.locals.update(block)
+            for block in doc.get("terraform", []):
+                for rp in block.get("required_providers", []):
+                    self.required_providers.update(rp)
+
+    def resource(self, rtype: str, name: str) -> dict:
+        assert (rtype, name) in self.resources, f"missing resource {rtype}.{name} in {self.directory}"
+        return self.resources[(rtype, name)]
+
+    def resources_of_type(self, rtype: str) -> dict[str, dict]:
+        return {name: body for (t, name), body in self.resources.items() if t == rtype}
+
+    def raw_text(self) -> str:
+        return "\n".join(p.read_text(encoding="utf-8") for p in self.files)
+
+
+def _one(blocks: list[dict], what: str) -> dict:
+    assert isinstance(blocks, list) and len(blocks) == 1, f"expected exactly one {what}, got {blocks!r}"
+    return blocks[0]
+
+
+def _dynamic(body: dict, name: str) -> list[dict]:
+    return [d[name] for d in body.get("dynamic", []) if name in d]
+
+
+def _heredoc(value: str) -> str:
+    """Body of a heredoc string as hcl2 returns it (markers stripped)."""
+    lines = value.splitlines()
+    if lines and lines[0].startswith("<<"):
+        lines = lines[1:-1]
+    return "\n".join(lines)
+
+
+def _template_files(template: str) -> list[Path]:
+    return sorted(p for p in (TEMPLATES_DIR / template).rglob("*") if p.is_file())
+
+
+def _root(template: str) -> TfModule:
+    return TfModule(TEMPLATES_DIR / template)
+
+
+def _workspace_module(template: str) -> TfModule:
+    return TfModule(TEMPLATES_DIR / template / MODULE_SUBDIR)
+
+
+def _deployment(template: str) -> dict:
+    deployments = _workspace_module(template).resources_of_type("kubernetes_deployment")
+    deployments |= _workspace_module(template).resources_of_type("kubernetes_deployment_v1")
+    assert len(deployments) == 1, f"expected one workspace deployment, got {sorted(deployments)}"
+    return next(iter(deployments.values()))
+
+
+def _pod_spec(template: str) -> dict:
+    spec = _one(_deployment(template)["spec"], "deployment spec")
+    pod_template = _one(spec["template"], "pod template")
+    return _one(pod_template["spec"], "pod spec")
+
+
+def _container(template: str) -> dict:
+    return _one(_pod_spec(template)["container"], "container")
+
+
+def _env(template: str) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for entry in _container(template).get("env", []):
+        assert entry["name"] not in env, f"duplicate env {entry['name']}"
+        env[entry["name"]] = entry["value"]
+    return env
+
+
+def _script(template: str, name: str) -> tuple[dict, str]:
+    body = _workspace_module(template).resource("coder_script", name)
+    return body, _heredoc(body["script"])
+
+
+templates = pytest.mark.parametrize("template", sorted(EXPECTED_TEMPLATES))
+
+
+# --------------------------------------------------------------------------
+# Layout
+# --------------------------------------------------------------------------
+
+
+def test_exactly_the_expected_templates_are_shipped():
+    shipped = {p.name for p in TEMPLATES_DIR.iterdir() if p.is_dir()}
+    assert shipped == set(EXPECTED_TEMPLATES)
+
+
+@templates
+def test_template_folder_holds_only_terraform_and_its_settings_file(template):
+    # Everything in the folder except coder-template.yaml is uploaded to Coder.
+    for path in _template_files(template):
+        rel = path.relative_to(TEMPLATES_DIR / template)
+        assert path.suffix == ".tf" or rel == Path(SETTINGS_FILE), f"unexpected file {rel}"
+    assert (TEMPLATES_DIR / template / SETTINGS_FILE).is_file()
+    assert (TEMPLATES_DIR / template / MODULE_SUBDIR).is_dir()
+
+
+def test_vendored_workspace_module_copies_are_byte_identical():
+    copies = {
+        t: {
+            p.relative_to(TEMPLATES_DIR / t / MODULE_SUBDIR): p.read_bytes()
+            for p in (TEMPLATES_DIR / t / MODULE_SUBDIR).rglob("*")
+            if p.is_file()
+        }
+        for t in EXPECTED_TEMPLATES
+    }
+    reference_name, reference = next(iter(copies.items()))
+    assert reference, "workspace module is empty"
+    for name, files in copies.items():
+        assert files.keys() == reference.keys(), f"{name} module file set differs from {reference_name}"
+        for rel, content in files.items():
+            assert content == reference[rel], f"{name}/{MODULE_SUBDIR}/{rel} drifted from {reference_name}"
+
+
+@templates
+def test_root_module_is_a_thin_call_into_the_vendored_module(template):
+    root = _root(template)
+    assert root.resources == {}, "resources belong in the shared module"
+    call = root.modules["workspace"]
+    assert call["source"] == f"./{MODULE_SUBDIR.as_posix()}"
+    assert call["template_name"] == template
+
+
+# --------------------------------------------------------------------------
+# Variables and providers
+# --------------------------------------------------------------------------
+
+
+@templates
+def test_every_template_variable_has_a_default(template):
+    # A template variable without a default fails provisioning with
+    # REQUIRED_TEMPLATE_VARIABLES.
+    for name, body in _root(template).variables.items():
+        assert "default" in body, f"template variable {name} has no default"
+
+
+@templates
+def test_the_template_passes_every_input_of_the_workspace_module(template):
+    call = _root(template).modules["workspace"]
+    module_inputs = set(_workspace_module(template).variables)
+    passed = set(call) - {"source"}
+    assert passed == module_inputs
+    root_vars = set(_root(template).variables)
+    for name, value in call.items():
+        if isinstance(value, str) and value.startswith("${var."):
+            assert value[len("${var.") : -1] in root_vars, f"{name} refers to an undeclared variable"
+
+
+@templates
+def test_template_variable_defaults_match_the_platform_spec(template):
+    defaults = {name: body["default"] for name, body in _root(template).variables.items()}
+    assert defaults["namespace"] == "coder-workspaces"
+    assert defaults["environment"] == "dev"
+    assert defaults["service_account_name"] == "coder-workspace"
+    assert defaults["use_kubeconfig"] is False
+    assert defaults["codex_enabled"] is True
+    assert defaults["repo_url"] == EXPECTED_TEMPLATES[template]
+
+
+@templates
+def test_providers_are_pinned_to_major_version_2(template):
+    for module in (_root(template), _workspace_module(template)):
+        rp = module.required_providers
+        assert rp["coder"]["source"] == "coder/coder"
+        assert rp["coder"]["version"].startswith("~> 2.")
+        assert rp["kubernetes"]["source"] == "hashicorp/kubernetes"
+        assert rp["kubernetes"]["version"].startswith("~> 2.")
+
+
+@templates
+def test_kubernetes_provider_is_in_cluster_unless_use_kubeconfig(template):
+    root = _root(template)
+    config_path = root.providers["kubernetes"]["config_path"]
+    assert "var.use_kubeconfig" in config_path and ": null" in config_path
+    # Only the root configures providers; the vendored module inherits them.
+    assert _workspace_module(template).providers == {}
+
+
+# --------------------------------------------------------------------------
+# envbuilder and the pod
+# --------------------------------------------------------------------------
+
+
+@templates
+def test_envbuilder_image_is_pinned_by_digest(template):
+    variable = _root(template).variables["envbuilder_image"]
+    assert re.fullmatch(r"ghcr\.io/coder/envbuilder@sha256:[0-9a-f]{64}", variable["default"])
+    validation = _one(variable["validation"], "envbuilder_image validation")
+    assert "@sha256:" in validation["condition"]
+    assert "var.envbuilder_image" in validation["condition"]
+    assert _container(template)["image"] == "${var.envbuilder_image}"
+
+
+@templates
+def test_workspace_is_built_by_envbuilder_from_the_coder_devcontainer(template):
+    env = _env(template)
+    assert env["ENVBUILDER_DEVCONTAINER_DIR"] == ".devcontainer/coder"
+    assert env["ENVBUILDER_GIT_URL"] == "${var.repo_url}"
+    assert _root(template).modules["workspace"]["repo_url"] == "${var.repo_url}"
+    assert _root(template).variables["repo_url"]["default"] == EXPECTED_TEMPLATES[template]
+
+
+@templates
+def test_envbuilder_execs_the_coder_agent(template):
+    env = _env(template)
+    assert env["ENVBUILDER_INIT_SCRIPT"] == "${coder_agent.main.init_script}"
+    assert env["CODER_AGENT_TOKEN"] == "${coder_agent.main.token}"
+    # The fallback image is optional: only set when the variable is non-empty.
+    (fallback,) = _dynamic(_container(template), "env")
+    assert "var.fallback_image" in fallback["for_each"]
+    assert _one(fallback["content"], "fallback env")["name"] == "ENVBUILDER_FALLBACK_IMAGE"
+    assert _root(template).variables["fallback_image"]["default"] == ""
+
+
+@templates
+def test_workspace_clones_with_the_developers_own_github_token(template):
+    module = _workspace_module(template)
+    assert module.data[("coder_external_auth", "github")]["id"] == "github"
+    env = _env(template)
+    assert env["ENVBUILDER_GIT_USERNAME"] == "x-access-token"
+    assert env["ENVBUILDER_GIT_PASSWORD"] == "${data.coder_external_auth.github.access_token}"
+
+
+@templates
+def test_pod_runs_only_while_the_workspace_is_started(template):
+    deployment = _deployment(template)
+    assert deployment["count"] == "${data.coder_workspace.me.start_count}"
+    assert _one(deployment["spec"], "deployment spec")["replicas"] == 1
+    metadata = _one(deployment["metadata"], "deployment metadata")
+    assert metadata["namespace"] == "${var.namespace}"
+
+
+@templates
+def test_pod_has_exactly_one_unprivileged_container(template):
+    pod = _pod_spec(template)
+    assert len(pod["container"]) == 1, "code-server must run in the workspace container, not a sidecar"
+    assert "init_container" not in pod
+    assert not _dynamic(pod, "container") and not _dynamic(pod, "init_container")
+    security = _one(_container(template)["security_context"], "container security_context")
+    assert security["privileged"] is False
+    assert "host_network" not in pod and "host_pid" not in pod
+
+
+@templates
+def test_no_docker_daemon_socket_or_k3d_anywhere(template):
+    for path in _template_files(template):
+        text = path.read_text(encoding="utf-8").lower()
+        for forbidden in ("docker.sock", "dockerd", "k3d", "host_path", "dind"):
+            assert forbidden not in text, f"{forbidden!r} found in {path}"
+        assert not re.search(r"privileged\s*=\s*true", text), f"privileged = true in {path}"
+
+
+@templates
+def test_home_and_workspaces_are_empty_dir_volumes(template):
+    pod = _pod_spec(template)
+    volumes = {v["name"]: v for v in pod["volume"]}
+    mounts = {m["name"]: m["mount_path"] for m in _container(template)["volume_mount"]}
+    locals_ = _workspace_module(template).locals
+    assert mounts["workspaces"] == "/workspaces"
+    assert mounts["home"] == "${local.home_dir}"
+    assert locals_["home_dir"] == "/home/coder"
+    for name in ("workspaces", "home"):
+        assert "empty_dir" in volumes[name], f"{name} must be an emptyDir"
+        assert set(volumes[name]) == {"name", "empty_dir"}
+
+
+@templates
+def test_container_has_cpu_and_memory_requests_and_limits(template):
+    resources = _one(_container(template)["resources"], "resources")
+    for kind in ("requests", "limits"):
+        assert set(resources[kind]) >= {"cpu", "memory"}, f"missing {kind}"
+    defaults = {n: b["default"] for n, b in _root(template).variables.items()}
+    for name in ("cpu_request", "cpu_limit", "memory_request", "memory_limit"):
+        assert defaults[name], f"{name} needs a sane default"
+
+
+@templates
+def test_workspace_uses_the_charts_service_account_with_a_token_for_kubectl(template):
+    pod = _pod_spec(template)
+    assert pod["service_account_name"] == "${var.service_account_name}"
+    assert pod["automount_service_account_token"] is True
+    module = _workspace_module(template)
+    for rtype, _ in module.resources:
+        assert not rtype.startswith(("kubernetes_service_account", "kubernetes_role", "kubernetes_cluster_role")), (
+            "the service account and its RBAC come from the Helm chart"
+        )
+    for rtype, _ in list(module.resources) + list(module.data):
+        assert not rtype.startswith("kubernetes_secret"), "the template must not read or create secrets"
+
+
+@templates
+def test_workspace_knows_its_namespace_and_environment(template):
+    env = _env(template)
+    assert env["WORKSPACE_NAMESPACE"] == "${var.namespace}"
+    assert env["AMEIDE_ENVIRONMENT"] == "${var.environment}"
+    agent_env = _workspace_module(template).resource("coder_agent", "main")["env"]
+    assert agent_env["WORKSPACE_NAMESPACE"] == "${var.namespace}"
+    assert agent_env["AMEIDE_ENVIRONMENT"] == "${var.environment}"
+    body, script = _script(template, "kube_context")
+    assert body["start_blocks_login"] is False
+    assert "${var.namespace}" in script
+    assert 'kubectl config set-context --current --namespace="$ns"' in script
+    assert "namespace: $ns" in script  # generated in-cluster kubeconfig
+    assert script.rstrip().endswith("exit 0")
+
+
+@templates
+def test_pods_carry_the_reaper_labels(template):
+    module = _workspace_module(template)
+    assert module.locals["labels"] == REAPER_LABELS
+    deployment = _deployment(template)
+    assert _one(deployment["metadata"], "metadata")["labels"] == "${local.labels}"
+    pod_template = _one(_one(deployment["spec"], "spec")["template"], "template")
+    assert _one(pod_template["metadata"], "pod metadata")["labels"] == "${local.labels}"
+    assert _root(template).modules["workspace"]["template_name"] == template
+
+
+# --------------------------------------------------------------------------
+# code-server and Codex
+# --------------------------------------------------------------------------
+
+
+@templates
+def test_code_server_runs_in_the_workspace_container_without_its_own_auth(template):
+    body, script = _script(template, "code_server")
+    assert "--auth none --bind-addr 127.0.0.1:13337" in script
+    assert body["start_blocks_login"] is False
+    assert script.rstrip().endswith("exit 0")
+    app = _workspace_module(template).resource("coder_app", "code-server")
+    assert app["slug"] == "code-server"
+    assert app["url"] == "http://localhost:13337/?folder=${local.workspace_folder}"
+    assert _workspace_module(template).locals["workspace_folder"] == "/workspaces/${local.repo_name}"
+    assert app["subdomain"] is False
+    healthcheck = _one(app["healthcheck"], "healthcheck")
+    assert healthcheck == {"url": "http://localhost:13337/healthz", "interval": 5, "threshold": 6}
+
+
+@templates
+@pytest.mark.parametrize("script_name", ["codex_cli", "codex_extension", "codex_auth"])
+def test_codex_scripts_are_best_effort_and_never_block_login(template, script_name):
+    body, script = _script(template, script_name)
+    assert body["start_blocks_login"] is False
+    assert body["run_on_start"] is True
+    assert body["count"] == "${var.codex_enabled ? 1 : 0}"
+    assert script.rstrip().endswith("exit 0")
+    assert "set -e" not in script
+
+
+@templates
+def test_codex_cli_and_vscode_extension_are_installed(template):
+    _, cli = _script(template, "codex_cli")
+    assert "@openai/codex" in cli
+    _, extension = _script(template, "codex_extension")
+    assert "--install-extension openai.chatgpt" in extension
+
+
+@templates
+def test_codex_auth_is_seeded_from_the_first_mounted_slot(template):
+    module = _workspace_module(template)
+    assert module.locals["codex_auth_slots"] == CODEX_AUTH_SLOTS
+    _, script = _script(template, "codex_auth")
+    assert 'for slot in ${join(" ", local.codex_auth_slots)}; do' in script
+    assert 'src="${local.codex_auth_mount}/$slot/auth.json"' in script
+    assert "break" in script  # first available slot wins
+    assert 'cp "$src" "$HOME/.codex/auth.json" && chmod 0600 "$HOME/.codex/auth.json"' in script
+    assert 'config="$HOME/.codex/config.toml"' in script
+    assert "echo 'cli_auth_credentials_store = \"file\"'" in script
+
+
+@templates
+def test_codex_slot_secrets_are_optional_kubelet_mounts_only_when_enabled(template):
+    pod = _pod_spec(template)
+    (volume,) = _dynamic(pod, "volume")
+    assert volume["for_each"] == "${var.codex_enabled ? local.codex_auth_slots : []}"
+    secret = _one(_one(volume["content"], "volume content")["secret"], "secret volume")
+    assert secret["secret_name"] == "${volume.value}"
+    assert secret["optional"] is True
+    (mount,) = _dynamic(_container(template), "volume_mount")
+    assert mount["for_each"] == "${var.codex_enabled ? local.codex_auth_slots : []}"
+    content = _one(mount["content"], "volume_mount content")
+    assert content["mount_path"] == "${local.codex_auth_mount}/${volume_mount.value}"
+    assert content["read_only"] is True
+
+
+# --------------------------------------------------------------------------
+# Not an executor, no secrets
+# --------------------------------------------------------------------------
+
+
+@templates
+def test_workspace_cannot_act_as_an_automated_executor(template):
+    for path in _template_files(template):
+        text = path.read_text(encoding="utf-8").upper()
+        for word in ("KAFKA", "QUEUE", "RUNNER"):
+            assert word not in text, f"{word} found in {path}"
+    names = set(_env(template)) | set(_root(template).variables) | set(_workspace_module(template).variables)
+    for name in names:
+        assert not re.search(r"KAFKA|QUEUE|RUNNER", name, re.IGNORECASE), name
+
+
+SECRET_PATTERNS = [
+    re.compile(r"gh[pousr]_[A-Za-z0-9]{20,}"),
+    re.compile(r"github_pat_[A-Za-z0-9_]{20,}"),
+    re.compile(r"\bsk-[A-Za-z0-9_-]{16,}"),
+    re.compile(r"(?i)\b\w*(password|passwd|secret|token)\w*\s*=\s*\"(?!\$\{)[^\"]+\""),
+]
+
+
+@templates
+def test_no_secret_literals_in_the_template(template):
+    for path in _template_files(template):
+        text = path.read_text(encoding="utf-8")
+        for pattern in SECRET_PATTERNS:
+            match = pattern.search(text)
+            assert match is None, f"secret-looking literal {match.group(0)!r} in {path}"
+    for name, value in _env(template).items():
+        if re.search(r"PASSWORD|TOKEN|SECRET", name):
+            assert value.startswith("${") and value.endswith("}"), f"{name} must come from a reference"
+
+
+# --------------------------------------------------------------------------
+# Template settings (coder-template.yaml)
+# --------------------------------------------------------------------------
+
+
+@templates
+def test_template_settings_enable_idle_autostop(template):
+    settings = yaml.safe_load((TEMPLATES_DIR / template / SETTINGS_FILE).read_text(encoding="utf-8"))
+    assert settings["display_name"]
+    assert len(settings["description"]) < 128
+    assert settings["icon"].startswith("/icon/")
+    assert isinstance(settings["default_ttl_ms"], int) and settings["default_ttl_ms"] > 0
+    assert isinstance(settings["activity_bump_ms"], int) and settings["activity_bump_ms"] > 0
+    assert settings["allow_user_cancel_workspace_jobs"] is False
+    variables = settings.get("variables") or {}
+    template_vars = _root(template).variables
+    for name, value in variables.items():
+        assert name in template_vars, f"{SETTINGS_FILE} sets unknown variable {name}"
+        assert isinstance(value, str), f"{name} must be a string (sent as user_variable_values)"
+
+
+# --------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------
+
+
+def test_templates_are_terraform_fmt_clean():
+    terraform = shutil.which("terraform")
+    if terraform is None:
+        pytest.skip("terraform binary not on PATH")
+    result = subprocess.run(
+        [terraform, "fmt", "-check", "-recursive", "-diff", str(TEMPLATES_DIR)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, f"terraform fmt found unformatted files:\n{result.stdout}"
