@@ -11,6 +11,7 @@ from typing import Any
 
 from jobs.coder import CoderClient, client_from_settings
 from jobs.context import RunContext
+from jobs.converge import retry_transient
 from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError
 from jobs.plan import Action, log_plan
 from jobs.settings import BootstrapSettings
@@ -68,7 +69,7 @@ def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any
 
 def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: Any) -> None:
     try:
-        client.password_login(settings.coder_admin_email, settings.coder_admin_password.get_secret_value())
+        token = client.password_login(settings.coder_admin_email, settings.coder_admin_password.get_secret_value())
     except CoderAPIError as err:
         if err.status in (400, 401, 403):
             raise JobError(
@@ -77,10 +78,16 @@ def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: An
                 f"or reset that user's password with `coder reset-password` ({RUNBOOK_HINT})"
             ) from None
         raise
+    client.use_session(token)  # later steps (recover) reuse it instead of logging in again
     log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)
 
 
 def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> list[Action]:
+    return retry_transient(lambda: _converge_once(client, settings, ctx), deadline_s=settings.coder_ready_timeout,
+                           log=ctx.log, what="first user")
+
+
+def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> list[Action]:
     actions = plan(client.first_user_exists(), settings)
     log_plan(ctx.log, actions, ctx.dry_run)
     if ctx.dry_run:

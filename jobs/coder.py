@@ -267,6 +267,11 @@ class CoderClient:
                 self.log.info("waiting for coderd", url=self.url, last_error=last, remaining_s=round(remaining, 1))
             self._sleep(min(delay, max(remaining, 0.01)))
 
+    def use_session(self, token: str) -> None:
+        """Adopt a session from a login done elsewhere, unless we already have a token."""
+        if not self._token:
+            self._token = token
+
     def login(self) -> None:
         if not self._can_login():
             raise CoderAPIError("POST", "/api/v2/users/login", 401, "no credentials to log in with")

@@ -1,0 +1,248 @@
+"""republish-templates: make each Coder template's active version match the chart's files.
+
+observe (read coderd) -> plan (pure: create / publish-version / update-settings / nothing)
+-> apply. A run that finds everything current writes nothing: the active version's content
+fingerprint is recorded in its message, or computed from its archive when it was pushed by
+hand, so identical content is never pushed twice (`coder templates push` always would).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from jobs.archive import files_from_tar, fingerprint
+from jobs.coder import CoderClient, client_from_settings
+from jobs.context import RunContext
+from jobs.converge import retry_transient
+from jobs.errors import EXIT_OK, CoderAPIError, JobError
+from jobs.models import Template, TemplateVersion
+from jobs.plan import Action, log_plan
+from jobs.settings import TemplatesSettings
+from jobs.template_source import LocalTemplate, load_templates
+
+_MARKER = re.compile(r"coder-jobs content=(sha256:[0-9a-f]{64}) variables=(sha256:[0-9a-f]{64})")
+# UpdateTemplateMeta is a full replace (BEHAVIOR.md §6): every field we do not manage is
+# copied from the server so a settings change cannot reset it.
+_COPIED_META = (
+    "name", "display_name", "description", "icon", "default_ttl_ms", "activity_bump_ms",
+    "allow_user_autostart", "allow_user_autostop", "allow_user_cancel_workspace_jobs", "failure_ttl_ms",
+    "time_til_dormant_ms", "time_til_dormant_autodelete_ms", "require_active_version", "deprecation_message",
+    "autostop_requirement", "autostart_requirement", "max_port_share_level",
+)
+
+
+@dataclass(frozen=True)
+class RemoteTemplate:
+    template: Template | None
+    active_content: str | None = None  # fingerprint of the active version's files
+    active_variables: str | None = None  # None: not recorded (pushed by hand)
+
+
+def version_marker(local: LocalTemplate) -> str:
+    return f"coder-jobs content={local.fingerprint} variables={local.settings.variables_fingerprint()}"
+
+
+def version_name(local: LocalTemplate) -> str:
+    # Deterministic, so a retry or a racing run hits coderd's per-template name check (409).
+    content = local.fingerprint.split(":")[1][:12]
+    variables = local.settings.variables_fingerprint().split(":")[1][:6]
+    return f"cj-{content}-{variables}"
+
+
+def version_message(local: LocalTemplate, revision: str | None) -> str:
+    first = f"Published by coder-jobs from revision {revision}" if revision else "Published by coder-jobs"
+    return f"{first}\n\n{version_marker(local)} revision={revision or 'unknown'}"
+
+
+def settings_diff(local: LocalTemplate, template: Template) -> dict[str, Any]:
+    return {k: v for k, v in local.settings.meta().items() if getattr(template, k) != v}
+
+
+# -- observe ---------------------------------------------------------------------------
+def observe(client: CoderClient, org: str, local: LocalTemplate) -> RemoteTemplate:
+    template = client.template(org, local.name)
+    if template is None:
+        return RemoteTemplate(None)
+    version = client.template_version(template.active_version_id)
+    marker = _MARKER.search(version.message or "")
+    if marker:
+        return RemoteTemplate(template, marker.group(1), marker.group(2))
+    # Pushed by hand (or by an older tool): fingerprint what coderd actually holds.
+    files = files_from_tar(client.download(version.job.file_id))
+    return RemoteTemplate(template, fingerprint(files), None)
+
+
+# -- plan (pure) -----------------------------------------------------------------------
+def plan(local: LocalTemplate, remote: RemoteTemplate) -> list[Action]:
+    target = f"template/{local.name}"
+    if remote.template is None:
+        return [Action("create-template", target, "missing on coderd", {"fingerprint": local.fingerprint})]
+    actions = []
+    same_content = remote.active_content == local.fingerprint
+    wanted_vars = local.settings.variables_fingerprint()
+    same_vars = remote.active_variables in (None, wanted_vars)
+    if not same_content:
+        actions.append(Action("publish-version", target, "active version's content differs",
+                              {"fingerprint": local.fingerprint, "active_fingerprint": remote.active_content}))
+    elif not same_vars:
+        actions.append(Action("publish-version", target, "template variable values changed",
+                              {"fingerprint": local.fingerprint}))
+    diff = settings_diff(local, remote.template)
+    if diff:
+        actions.append(Action("update-settings", target, "settings differ", {"changes": sorted(diff)}))
+    if not actions:
+        reason = "active version and settings are current"
+        if remote.active_variables is None:
+            reason = "adopted: the active version (pushed by hand) has identical content"
+        actions.append(Action("nothing", target, reason, {"fingerprint": local.fingerprint}))
+    return actions
+
+
+# -- apply -----------------------------------------------------------------------------
+class Publisher:
+    def __init__(self, client: CoderClient, settings: TemplatesSettings, log: Any, poll_interval: float = 0.5) -> None:
+        self.client = client
+        self.org = settings.coder_organization
+        self.revision = settings.templates_revision
+        self.timeout = settings.template_build_timeout
+        self.log = log
+        self.poll_interval = poll_interval
+        # Versions built in this process, reused when a later step fails and we re-plan,
+        # so a retry never builds the same content twice.
+        self._built: dict[tuple[str, str | None], TemplateVersion] = {}
+
+    def apply(self, local: LocalTemplate, remote: RemoteTemplate, actions: list[Action]) -> None:
+        for action in actions:
+            if action.kind == "create-template":
+                self.create_template(local)
+            elif action.kind == "publish-version":
+                assert remote.template is not None
+                version = self.build_version(local, remote.template.id)
+                self.client.activate_version(remote.template.id, version.id)
+                self.log.info("activated version", template=local.name, version=version.name, version_id=version.id)
+            elif action.kind == "update-settings":
+                assert remote.template is not None
+                self.update_settings(local, remote.template)
+
+    def create_template(self, local: LocalTemplate) -> None:
+        version = self.build_version(local, None)
+        body = {"name": local.name, "template_version_id": version.id, **local.settings.meta()}
+        try:
+            template = self.client.create_template(self.org, body)
+        except CoderAPIError as err:
+            if err.status != 409:
+                raise
+            # Another republisher created it first: converge onto what is there now.
+            self.log.info("template created concurrently, re-planning", template=local.name)
+            remote = observe(self.client, self.org, local)
+            self.apply(local, remote, [a for a in plan(local, remote) if a.kind != "create-template"])
+            return
+        self.log.info("created template", template=local.name, template_id=template.id, version=version.name)
+
+    def update_settings(self, local: LocalTemplate, template: Template) -> None:
+        body = {k: getattr(template, k) for k in _COPIED_META if getattr(template, k) is not None}
+        body.update(local.settings.meta())
+        changed = self.client.update_template_meta(template.id, body)
+        self.log.info("updated template settings", template=local.name, changed=changed)
+
+    def build_version(self, local: LocalTemplate, template_id: str | None) -> TemplateVersion:
+        key = (local.fingerprint + local.settings.variables_fingerprint(), template_id)
+        cached = self._built.get(key)
+        if cached is not None:
+            return cached
+        file_id = self.client.upload(local.archive)
+        body: dict[str, Any] = {
+            "storage_method": "file",
+            "provisioner": "terraform",
+            "file_id": file_id,
+            "name": version_name(local),
+            "message": version_message(local, self.revision),
+            "user_variable_values": local.settings.variable_values(),
+        }
+        if template_id:
+            body["template_id"] = template_id
+        version = self._create_version(local, body, template_id)
+        version = self.wait_for_job(local, version)
+        self._built[key] = version
+        return version
+
+    def _create_version(self, local: LocalTemplate, body: dict[str, Any], template_id: str | None) -> TemplateVersion:
+        try:
+            return self.client.create_template_version(self.org, body)
+        except CoderAPIError as err:
+            if err.status == 409 and template_id:
+                existing = self._version_named(template_id, body["name"])
+                if existing is not None and existing.job.status != "failed" and existing.job.status != "canceled":
+                    self.log.info("reusing the version already built for this content", template=local.name, version=existing.name)
+                    return existing
+                body = {**body, "name": f"{body['name']}-{int(time.time())}"}
+                return self.client.create_template_version(self.org, body)
+            if err.status == 500 and "workspace tags" in err.message.lower():
+                raise JobError(f"template {local.name}: coderd could not parse the template: {err.detail or err.message}") from None
+            raise
+
+    def _version_named(self, template_id: str, name: str) -> TemplateVersion | None:
+        for v in self.client.get_list(f"/api/v2/templates/{template_id}/versions", TemplateVersion):
+            if v.name == name:
+                return v
+        return None
+
+    def wait_for_job(self, local: LocalTemplate, version: TemplateVersion) -> TemplateVersion:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.1
+        while not version.job.terminal:
+            if time.monotonic() > deadline:
+                self._cancel(version)
+                raise JobError(
+                    f"template {local.name}: version {version.name} was not built within {self.timeout:g}s "
+                    f"(TEMPLATE_BUILD_TIMEOUT; job {version.job.status}); the active version is unchanged"
+                    + ("" if version.job.status != "pending" else ": is a provisioner daemon running?")
+                )
+            time.sleep(delay)
+            delay = min(self.poll_interval * 2, delay * 2)
+            version = self.client.template_version(version.id)
+        if version.job.status != "succeeded":
+            logs = self.client.template_version_logs(version.id)
+            tail = "\n".join(f"  [{entry.stage}] {entry.output}" for entry in logs[-15:])
+            raise JobError(
+                f"template {local.name}: version {version.name} failed to build ({version.job.status}): "
+                f"{version.job.error or 'no error text'}; the active version is unchanged. Last log lines:\n{tail}"
+            )
+        self.log.info("version built", template=local.name, version=version.name, version_id=version.id)
+        return version
+
+    def _cancel(self, version: TemplateVersion) -> None:
+        try:
+            self.client.request("PATCH", f"/api/v2/templateversions/{version.id}/cancel", safe=True)
+        except CoderAPIError:
+            pass  # best effort: it may have finished meanwhile
+
+
+def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
+             templates: list[LocalTemplate] | None = None) -> list[Action]:
+    if templates is None:
+        templates = load_templates(settings.templates_dir, settings.template_names())
+    publisher = Publisher(client, settings, ctx.log)
+    all_actions: list[Action] = []
+    for local in templates:
+        def one(local: LocalTemplate = local) -> list[Action]:
+            remote = observe(client, settings.coder_organization, local)
+            actions = plan(local, remote)
+            log_plan(ctx.log, actions, ctx.dry_run)
+            if not ctx.dry_run:
+                publisher.apply(local, remote, actions)
+            return actions
+
+        all_actions += retry_transient(one, deadline_s=settings.coder_ready_timeout, log=ctx.log, what=f"template {local.name}")
+    return all_actions
+
+
+def run(settings: TemplatesSettings, ctx: RunContext) -> int:
+    templates = load_templates(settings.templates_dir, settings.template_names())  # bad input fails first
+    with client_from_settings(settings) as client:
+        client.wait_ready()
+        converge(client, settings, ctx, templates)
+    return EXIT_OK
