@@ -1,0 +1,506 @@
+{{/* ---------------------------------------------------------------- names */}}
+
+{{- define "coder-jobs.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/*
+Full name prefix. With release name `coder-jobs` (the documented one) it is `coder-jobs`, so the
+RUNBOOK's object names are exact.
+*/}}
+{{- define "coder-jobs.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := default .Chart.Name .Values.nameOverride }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Name of a component object: "<fullname>-<suffix>". Fails instead of truncating (a truncated name
+would no longer match the RUNBOOK). Usage: include "coder-jobs.componentName" (list $ "reap")
+*/}}
+{{- define "coder-jobs.componentName" -}}
+{{- $name := printf "%s-%s" (include "coder-jobs.fullname" (index . 0)) (index . 1) }}
+{{- if gt (len $name) 63 }}
+{{- fail (printf "object name %q is longer than 63 characters; set fullnameOverride to something shorter" $name) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{/*
+CronJob names are limited to 52 characters (the controller appends an 11-character suffix to Job
+names). With the documented release name `coder-jobs` every name also leaves room for the
+RUNBOOK's "<name>-manual-<epoch>" Job names (63 characters); a test checks that.
+*/}}
+{{- define "coder-jobs.cronJobName" -}}
+{{- $name := include "coder-jobs.componentName" . }}
+{{- if gt (len $name) 52 }}
+{{- fail (printf "CronJob name %q is longer than 52 characters; set fullnameOverride to something shorter" $name) }}
+{{- end }}
+{{- $name }}
+{{- end }}
+
+{{- define "coder-jobs.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- labels */}}
+
+{{- define "coder-jobs.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "coder-jobs.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "coder-jobs.labels" -}}
+helm.sh/chart: {{ include "coder-jobs.chart" . }}
+{{ include "coder-jobs.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+app.kubernetes.io/part-of: coder
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* Labels of one component. Usage: include "coder-jobs.componentLabels" (list $ "reap") */}}
+{{- define "coder-jobs.componentLabels" -}}
+{{ include "coder-jobs.labels" (index . 0) }}
+app.kubernetes.io/component: {{ index . 1 }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- values helpers */}}
+
+{{- define "coder-jobs.image" -}}
+{{- $img := .Values.image }}
+{{- if $img.digest }}
+{{- printf "%s@%s" $img.repository $img.digest }}
+{{- else }}
+{{- if ne .Values.environment "local" }}
+{{- fail (printf "image.digest is required when environment is %q (only local may use a tag)" .Values.environment) }}
+{{- end }}
+{{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) }}
+{{- end }}
+{{- end }}
+
+{{- define "coder-jobs.coderUrl" -}}
+{{- default (printf "http://coder.%s.svc.cluster.local" .Release.Namespace) .Values.coder.url }}
+{{- end }}
+
+{{- define "coder-jobs.workspaceNamespace" -}}
+{{- default .Release.Namespace .Values.workspaces.namespace }}
+{{- end }}
+
+{{/* Namespace the reaper checks, empty when the reaper does not talk to Kubernetes. */}}
+{{- define "coder-jobs.reapNamespace" -}}
+{{- if .Values.reap.kubernetesChecks }}
+{{- default (include "coder-jobs.workspaceNamespace" .) .Values.reap.workspaceNamespace }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when the job calls the Kubernetes API. */}}
+{{- define "coder-jobs.usesKubernetes" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}
+{{- if eq $job "sync-external-auth" }}true
+{{- else if and (eq $job "reap") (include "coder-jobs.reapNamespace" $root) }}true
+{{- end }}
+{{- end }}
+
+{{/* Which jobs are rendered at all, in order. */}}
+{{- define "coder-jobs.enabledJobs" -}}
+{{- $jobs := list }}
+{{- if .Values.syncExternalAuth.enabled }}{{ $jobs = append $jobs "sync-external-auth" }}{{ end }}
+{{- if .Values.bootstrapAdmin.enabled }}{{ $jobs = append $jobs "bootstrap-admin" }}{{ end }}
+{{- if .Values.templates.enabled }}{{ $jobs = append $jobs "republish-templates" }}{{ end }}
+{{- if .Values.recover.enabled }}{{ $jobs = append $jobs "recover" }}{{ end }}
+{{- if .Values.doctor.enabled }}{{ $jobs = append $jobs "doctor" }}{{ end }}
+{{- if .Values.reap.enabled }}{{ $jobs = append $jobs "reap" }}{{ end }}
+{{- toJson $jobs }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- templates */}}
+
+{{/*
+Index of chart/files/coder-templates as JSON:
+  {"templates": {"<name>": [{"rel": "<path inside the template>", "key": "<configmap key>"}]},
+   "shared": [{"rel": "<path from coder-templates>", "key": "..."}],
+   "names": ["<published template>", ...]}
+A template is a top-level folder with a .tf file directly inside it (unless templates.names lists
+them). Everything else (top-level files, shared module folders) goes to the "shared" ConfigMap so
+the mounted tree is identical to the chart's. ConfigMap keys cannot contain "/": it becomes "__".
+*/}}
+{{- define "coder-jobs.templateIndex" -}}
+{{- $prefix := "files/coder-templates/" }}
+{{- $detected := dict }}
+{{- $all := list }}
+{{- range $path, $_ := .Files.Glob "files/coder-templates/**" }}
+{{- $rel := trimPrefix $prefix $path }}
+{{- $all = append $all $rel }}
+{{- $parts := splitList "/" $rel }}
+{{- if and (eq (len $parts) 2) (hasSuffix ".tf" $rel) }}
+{{- $_ := set $detected (first $parts) true }}
+{{- end }}
+{{- end }}
+{{- $names := .Values.templates.names }}
+{{- if not $names }}{{ $names = keys $detected | sortAlpha }}{{ end }}
+{{- $templates := dict }}
+{{- range $names }}
+{{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}
+{{- fail (printf "templates.names: %q is not a valid template/ConfigMap name" .) }}
+{{- end }}
+{{- $_ := set $templates . list }}
+{{- end }}
+{{- $shared := list }}
+{{- $seen := dict }}
+{{- range $all }}
+{{- if not (regexMatch "^[-._a-zA-Z0-9/]+$" .) }}
+{{- fail (printf "coder template file %q: only letters, digits, '-', '_' and '.' are allowed in file names (ConfigMap keys)" .) }}
+{{- end }}
+{{- $top := first (splitList "/" .) }}
+{{- if hasKey $templates $top }}
+{{- $inner := trimPrefix (printf "%s/" $top) . }}
+{{- $key := replace "/" "__" $inner }}
+{{- $seenKey := printf "%s:%s" $top $key }}
+{{- if hasKey $seen $seenKey }}{{ fail (printf "coder template files collide on ConfigMap key %q" $seenKey) }}{{ end }}
+{{- $_ := set $seen $seenKey true }}
+{{- $_ := set $templates $top (append (get $templates $top) (dict "rel" $inner "key" $key "path" (printf "%s%s" $prefix .))) }}
+{{- else }}
+{{- $key := replace "/" "__" . }}
+{{- if hasKey $seen $key }}{{ fail (printf "coder template files collide on ConfigMap key %q" $key) }}{{ end }}
+{{- $_ := set $seen $key true }}
+{{- $shared = append $shared (dict "rel" . "key" $key "path" (printf "%s%s" $prefix .)) }}
+{{- end }}
+{{- end }}
+{{- range $names }}
+{{- if not (get $templates .) }}
+{{- fail (printf "templates.names: %q has no files under chart/files/coder-templates/%s" . .) }}
+{{- end }}
+{{- end }}
+{{- toJson (dict "templates" $templates "shared" $shared "names" $names) }}
+{{- end }}
+
+{{/* sha256 over every template file path and content. */}}
+{{- define "coder-jobs.templatesChecksum" -}}
+{{- $sum := "" }}
+{{- range $path, $content := .Files.Glob "files/coder-templates/**" }}
+{{- $sum = printf "%s%s\n%s\n" $sum $path (sha256sum (toString $content)) }}
+{{- end }}
+{{- sha256sum $sum }}
+{{- end }}
+
+{{- define "coder-jobs.templatesRevision" -}}
+{{- $rev := default (include "coder-jobs.templatesChecksum" . | trunc 12) .Values.templates.revision }}
+{{- printf "%s-%s" (.Chart.Version | replace "+" "-") $rev }}
+{{- end }}
+
+{{- define "coder-jobs.binaryFile" -}}
+{{- if regexMatch "(?i)\\.(png|jpe?g|gif|ico|webp|zip|gz|tgz|tar|woff2?)$" . }}true{{ end }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- hooks */}}
+
+{{/*
+Hook annotations for both installers. Argo CD ignores the Helm hook types when its own annotation
+is present but takes the union of the delete policies (both are before-hook-creation here), and
+helm.sh/hook-weight only counts when no sync-wave is set - so both carry the same number.
+Usage: include "coder-jobs.hookAnnotations" (dict "phase" "PreSync" "weight" -10)
+*/}}
+{{- define "coder-jobs.hookAnnotations" -}}
+argocd.argoproj.io/hook: {{ .phase }}
+argocd.argoproj.io/sync-wave: {{ .weight | quote }}
+argocd.argoproj.io/hook-delete-policy: BeforeHookCreation
+helm.sh/hook: {{ ternary "pre-install,pre-upgrade" "post-install,post-upgrade" (eq .phase "PreSync") }}
+helm.sh/hook-weight: {{ .weight | quote }}
+helm.sh/hook-delete-policy: before-hook-creation
+{{- end }}
+
+{{/* ---------------------------------------------------------------- pods */}}
+
+{{- define "coder-jobs.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{- define "coder-jobs.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+privileged: false
+capabilities:
+  drop: ["ALL"]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* Seconds a Job may run: the job's own deadlines plus a margin. */}}
+{{- define "coder-jobs.activeDeadline" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}
+{{- $v := $root.Values }}
+{{- $margin := int $v.jobs.deadlineMarginSeconds }}
+{{- $ready := int $v.coder.readyTimeoutSeconds }}
+{{- $builds := mul (int $v.templates.buildTimeoutSeconds) (max 1 (len (fromJson (include "coder-jobs.templateIndex" $root)).names)) }}
+{{- if eq $job "sync-external-auth" }}{{ $margin }}
+{{- else if eq $job "bootstrap-admin" }}{{ add $ready $margin }}
+{{- else if eq $job "reap" }}{{ max (int $v.reap.activeDeadlineSeconds) (add $ready $margin) }}
+{{- else }}{{ add $ready $builds $margin }}
+{{- end }}
+{{- end }}
+
+{{/* Container args: global flags first, then the subcommand and its flags. */}}
+{{- define "coder-jobs.args" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}{{ $dryRun := index . 2 }}
+{{- $args := list "--log-format" $root.Values.logFormat }}
+{{- if $dryRun }}{{ $args = append $args "--dry-run" }}{{ end }}
+{{- $args = append $args $job }}
+{{- if and (eq $job "sync-external-auth") $root.Values.syncExternalAuth.adopt }}{{ $args = append $args "--adopt" }}{{ end }}
+{{- if and (eq $job "reap") $root.Values.reap.deleteOrphans (include "coder-jobs.reapNamespace" $root) }}{{ $args = append $args "--delete-orphans" }}{{ end }}
+{{- toJson $args }}
+{{- end }}
+
+{{- define "coder-jobs.coderEnv" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}
+{{- $v := $root.Values }}
+- name: CODER_URL
+  value: {{ include "coder-jobs.coderUrl" $root | quote }}
+- name: CODER_ORGANIZATION
+  value: {{ $v.coder.organization | quote }}
+- name: CODER_READY_TIMEOUT
+  value: {{ $v.coder.readyTimeoutSeconds | quote }}
+- name: CODER_ADMIN_USERNAME
+  value: {{ $v.coder.admin.username | quote }}
+- name: CODER_ADMIN_EMAIL
+  value: {{ $v.coder.admin.email | quote }}
+{{- with $v.coder.admin.name }}
+- name: CODER_ADMIN_NAME
+  value: {{ . | quote }}
+{{- end }}
+- name: CODER_ADMIN_PASSWORD
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.coder.admin.secretName }}
+      key: {{ $v.coder.admin.passwordKey }}
+- name: CODER_SESSION_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.coder.admin.secretName }}
+      key: {{ $v.coder.admin.sessionTokenKey }}
+      optional: true
+{{- if has $job (list "bootstrap-admin" "recover" "doctor") }}
+- name: CODER_SETUP_TOKEN
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.coder.admin.secretName }}
+      key: {{ $v.coder.admin.setupTokenKey }}
+      optional: true
+{{- end }}
+{{- end }}
+
+{{- define "coder-jobs.env" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}
+{{- $v := $root.Values }}
+{{- if eq $job "sync-external-auth" }}
+- name: POD_NAMESPACE
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.namespace
+- name: EXTERNAL_AUTH_CLIENT_ID_SECRET
+  value: {{ $v.syncExternalAuth.clientIdSecret | quote }}
+- name: EXTERNAL_AUTH_CLIENT_SECRET_SECRET
+  value: {{ $v.syncExternalAuth.clientSecretSecret | quote }}
+- name: EXTERNAL_AUTH_TARGET_SECRET
+  value: {{ $v.syncExternalAuth.targetSecret | quote }}
+- name: EXTERNAL_AUTH_ID
+  value: {{ $v.syncExternalAuth.id | quote }}
+{{- if $v.syncExternalAuth.restartDeployment }}
+- name: CODER_DEPLOYMENT
+  value: {{ $v.coder.deploymentName | quote }}
+{{- end }}
+{{- else }}
+{{- include "coder-jobs.coderEnv" (list $root $job) }}
+{{- end }}
+{{- if has $job (list "republish-templates" "recover" "doctor") }}
+{{- $idx := fromJson (include "coder-jobs.templateIndex" $root) }}
+- name: TEMPLATES_DIR
+  value: /templates
+- name: TEMPLATES
+  value: {{ join "," $idx.names | quote }}
+- name: TEMPLATES_REVISION
+  value: {{ include "coder-jobs.templatesRevision" $root | quote }}
+- name: TEMPLATE_BUILD_TIMEOUT
+  value: {{ $v.templates.buildTimeoutSeconds | quote }}
+{{- end }}
+{{- if eq $job "reap" }}
+- name: REAP_IDLE_AFTER
+  value: {{ $v.reap.idleAfter | quote }}
+- name: REAP_MAX_STOPS
+  value: {{ $v.reap.maxStops | quote }}
+- name: REAP_EXEMPT
+  value: {{ join "," $v.reap.exempt | quote }}
+{{- if not (kindIs "invalid" $v.reap.maxWorkspacesPerUser) }}
+- name: REAP_MAX_WORKSPACES_PER_USER
+  value: {{ $v.reap.maxWorkspacesPerUser | quote }}
+{{- end }}
+{{- if not (kindIs "invalid" $v.reap.maxRunningPerUser) }}
+- name: REAP_MAX_RUNNING_PER_USER
+  value: {{ $v.reap.maxRunningPerUser | quote }}
+{{- end }}
+- name: REAP_QUOTA_ACTION
+  value: {{ $v.reap.quotaAction | quote }}
+- name: REAP_CONCURRENCY
+  value: {{ $v.reap.concurrency | quote }}
+{{- with (include "coder-jobs.reapNamespace" $root) }}
+- name: REAP_WORKSPACE_NAMESPACE
+  value: {{ . | quote }}
+{{- end }}
+{{- if $v.reap.rules }}
+- name: REAP_RULES_FILE
+  value: /etc/coder-jobs/reap/rules.yaml
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod template of one job. Usage:
+  include "coder-jobs.podTemplate" (list $ "<job>" <dryRun bool>)
+*/}}
+{{- define "coder-jobs.podTemplate" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}{{ $dryRun := index . 2 }}
+{{- $v := $root.Values }}
+{{- $kube := include "coder-jobs.usesKubernetes" (list $root $job) }}
+{{- $usesTemplates := has $job (list "republish-templates" "recover" "doctor") }}
+metadata:
+  labels:
+    {{- include "coder-jobs.componentLabels" (list $root $job) | nindent 4 }}
+    coder-jobs/kubernetes-api: {{ ternary "true" "false" (eq $kube "true") | quote }}
+  annotations:
+    kubectl.kubernetes.io/default-container: coder-jobs
+    {{- if $usesTemplates }}
+    checksum/templates: {{ include "coder-jobs.templatesChecksum" $root }}
+    {{- end }}
+    {{- if and (eq $job "reap") $v.reap.rules }}
+    checksum/reap-rules: {{ toYaml $v.reap.rules | sha256sum }}
+    {{- end }}
+    {{- with $v.jobs.podAnnotations }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+spec:
+  serviceAccountName: {{ include "coder-jobs.componentName" (list $root $job) }}
+  automountServiceAccountToken: {{ eq $kube "true" }}
+  restartPolicy: Never
+  enableServiceLinks: false
+  securityContext:
+    {{- include "coder-jobs.podSecurityContext" $root | nindent 4 }}
+  {{- with $v.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- with $v.jobs.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $v.jobs.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.jobs.tolerations }}
+  tolerations:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $v.jobs.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  containers:
+    - name: coder-jobs
+      image: {{ include "coder-jobs.image" $root }}
+      imagePullPolicy: {{ $v.image.pullPolicy }}
+      args: {{ include "coder-jobs.args" (list $root $job $dryRun) }}
+      env:
+        {{- include "coder-jobs.env" (list $root $job) | nindent 8 }}
+      resources:
+        {{- toYaml $v.jobs.resources | nindent 8 }}
+      securityContext:
+        {{- include "coder-jobs.containerSecurityContext" $root | nindent 8 }}
+      terminationMessagePolicy: FallbackToLogsOnError
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        {{- if $usesTemplates }}
+        - name: templates
+          mountPath: /templates
+          readOnly: true
+        {{- end }}
+        {{- if and (eq $job "reap") $v.reap.rules }}
+        - name: reap-rules
+          mountPath: /etc/coder-jobs/reap
+          readOnly: true
+        {{- end }}
+  volumes:
+    - name: tmp
+      emptyDir:
+        sizeLimit: {{ $v.jobs.tmpSizeLimit }}
+    {{- if $usesTemplates }}
+    - name: templates
+      projected:
+        defaultMode: 0444
+        sources:
+          {{- $idx := fromJson (include "coder-jobs.templateIndex" $root) }}
+          {{- range $name := $idx.names }}
+          - configMap:
+              name: {{ include "coder-jobs.componentName" (list $root (printf "template-%s" $name)) }}
+              items:
+                {{- range (get $idx.templates $name) }}
+                - key: {{ .key }}
+                  path: {{ printf "%s/%s" $name .rel }}
+                {{- end }}
+          {{- end }}
+          {{- if $idx.shared }}
+          - configMap:
+              name: {{ include "coder-jobs.componentName" (list $root "templates-shared") }}
+              items:
+                {{- range $idx.shared }}
+                - key: {{ .key }}
+                  path: {{ .rel }}
+                {{- end }}
+          {{- end }}
+    {{- end }}
+    {{- if and (eq $job "reap") $v.reap.rules }}
+    - name: reap-rules
+      configMap:
+        name: {{ include "coder-jobs.componentName" (list $root "reap-rules") }}
+    {{- end }}
+{{- end }}
+
+{{/*
+Job spec (without ttl). podFailurePolicy: exit code 2 means bad configuration - retrying cannot
+help, so the Job fails at once; evictions do not count against backoffLimit.
+*/}}
+{{- define "coder-jobs.jobSpec" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}{{ $dryRun := index . 2 }}
+backoffLimit: {{ $root.Values.jobs.backoffLimit }}
+activeDeadlineSeconds: {{ include "coder-jobs.activeDeadline" (list $root $job) }}
+podFailurePolicy:
+  rules:
+    - action: FailJob
+      onExitCodes:
+        containerName: coder-jobs
+        operator: In
+        values: [2]
+    - action: Ignore
+      onPodConditions:
+        - type: DisruptionTarget
+template:
+  {{- include "coder-jobs.podTemplate" (list $root $job $dryRun) | nindent 2 }}
+{{- end }}
