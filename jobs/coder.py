@@ -199,7 +199,7 @@ class CoderClient:
         return response
 
     def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(initial=0.25, max=8.0, jitter=0.5)(state)
+        backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.5)(state)
         exc = state.outcome.exception() if state.outcome else None
         if isinstance(exc, _Transient) and exc.retry_after is not None:
             return max(exc.retry_after, 0.05)

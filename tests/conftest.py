@@ -1,0 +1,99 @@
+"""Shared fixtures: the fakes on loopback, and the CLI run as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from fakes.coderd import FakeCoderd
+
+REPO = Path(__file__).resolve().parent.parent
+TEMPLATES_DIR = REPO / "chart" / "files" / "coder-templates"
+
+# Canaries: if one of these shows up in any output, a secret leaked.
+CANARY_PASSWORD = "Canary-Pw-7f3kq9Zx!2vB"
+CANARY_SETUP_TOKEN = "canary-setup-token-5d8e1a"
+CANARY_CLIENT_SECRET = "canary-client-secret-0b9c7e31f2"
+
+
+@dataclass
+class Result:
+    rc: int
+    stdout: str
+    stderr: str
+    events: list[dict] = field(default_factory=list)
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+    def find(self, text: str) -> list[dict]:
+        return [e for e in self.events if text in str(e.get("event", ""))]
+
+    def errors(self) -> list[dict]:
+        return [e for e in self.events if e.get("level") == "error"]
+
+
+def parse_events(stdout: str) -> list[dict]:
+    events = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            try:
+                events.append(json.loads(line))
+            except ValueError:
+                pass
+    return events
+
+
+def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120, log_format: str = "json") -> Result:
+    """Run `coder-jobs` as a separate process, exactly as a Kubernetes Job would."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "TEMPLATES", "REAP_", "EXTERNAL_AUTH"))}
+    full_env.pop("KUBERNETES_SERVICE_HOST", None)
+    full_env.update(env or {})
+    proc = subprocess.run(
+        [sys.executable, "-m", "jobs", "--log-format", log_format, *args],
+        env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stdout))
+
+
+def assert_no_secret(result: Result, *secrets: str) -> None:
+    for secret in secrets:
+        assert secret not in result.stdout, "secret leaked to stdout"
+        assert secret not in result.stderr, "secret leaked to stderr"
+
+
+def coder_writes(fake: FakeCoderd) -> list:
+    """Requests that change coderd's state. A login only proves credentials, so it does not count."""
+    return [r for r in fake.writes() if r.path != "/api/v2/users/login"]
+
+
+@pytest.fixture
+def coderd():
+    fake = FakeCoderd().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture
+def admin_env(coderd):
+    return {
+        "CODER_URL": coderd.url,
+        "CODER_ADMIN_USERNAME": "platform-admin",
+        "CODER_ADMIN_EMAIL": "platform-admin@ameide.io",
+        "CODER_ADMIN_PASSWORD": CANARY_PASSWORD,
+        "CODER_ADMIN_NAME": "Platform Admin",
+        "CODER_READY_TIMEOUT": "20",
+    }
+
+
+@pytest.fixture
+def templates_env(admin_env):
+    return {**admin_env, "TEMPLATES_DIR": str(TEMPLATES_DIR), "TEMPLATES_REVISION": "test-rev", "TEMPLATE_BUILD_TIMEOUT": "30"}

@@ -1,0 +1,147 @@
+"""bootstrap-admin against the coderd fake, run as a real process."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from tests.conftest import CANARY_PASSWORD, CANARY_SETUP_TOKEN, assert_no_secret, coder_writes, run_job
+
+from fakes.coderd import FakeCoderd
+
+
+def real_users(fake):
+    return [u for u in fake.users.values() if u["username"] != "prebuilds"]
+
+
+def test_creates_the_first_user_with_the_configured_fields(coderd, admin_env):
+    result = run_job("bootstrap-admin", env=admin_env)
+
+    assert result.rc == 0, result.output
+    [user] = real_users(coderd)
+    assert (user["username"], user["email"], user["name"]) == ("platform-admin", "platform-admin@ameide.io", "Platform Admin")
+    created = result.find("created the first user")
+    assert created and created[0]["user_id"] == user["id"]
+    [post] = coderd.requests("POST", "/users/first$")
+    assert post.json()["trial"] is False
+    assert "setup_token" not in post.json()
+    assert_no_secret(result, CANARY_PASSWORD)
+
+
+def test_second_run_writes_nothing_and_exits_0(coderd, admin_env):
+    assert run_job("bootstrap-admin", env=admin_env).rc == 0
+    coderd.clear_log()
+
+    result = run_job("bootstrap-admin", env=admin_env)
+
+    assert result.rc == 0, result.output
+    assert coder_writes(coderd) == []
+    assert result.find("configured credentials log in")
+    assert_no_secret(result, CANARY_PASSWORD)
+
+
+def test_waits_for_coderd_that_is_down_for_the_first_seconds(coderd, admin_env):
+    coderd.unavailable_for(5, mode="refuse")
+
+    result = run_job("bootstrap-admin", env={**admin_env, "CODER_READY_TIMEOUT": "30"})
+
+    assert result.rc == 0, result.output
+    assert len(real_users(coderd)) == 1
+
+
+def test_gives_up_after_the_ready_timeout_naming_url_and_deadline(coderd, admin_env):
+    coderd.unavailable_for(60, mode="503")
+
+    started = time.monotonic()
+    result = run_job("bootstrap-admin", env={**admin_env, "CODER_READY_TIMEOUT": "3"})
+
+    assert result.rc == 1
+    [error] = result.errors()
+    assert coderd.url in error["event"] and "3s" in error["event"] and "CODER_READY_TIMEOUT" in error["event"]
+    assert time.monotonic() - started < 20
+    assert real_users(coderd) == []
+
+
+def test_two_concurrent_runs_both_succeed_and_create_one_user(coderd, admin_env):
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_job("bootstrap-admin", env=admin_env))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert [r.rc for r in results] == [0, 0], [r.output for r in results]
+    assert len(real_users(coderd)) == 1
+
+
+def test_weak_password_is_rejected_before_anything_is_sent(coderd, admin_env):
+    result = run_job("bootstrap-admin", env={**admin_env, "CODER_ADMIN_PASSWORD": "password123"})
+
+    assert result.rc == 2
+    [error] = result.errors()
+    assert "CODER_ADMIN_PASSWORD" in error["event"] and "not strong enough" in error["event"]
+    assert "password123" not in result.output
+    assert coderd.log == []
+
+
+def test_invalid_username_is_rejected_naming_the_field(coderd, admin_env):
+    result = run_job("bootstrap-admin", env={**admin_env, "CODER_ADMIN_USERNAME": "platform_admin"})
+
+    assert result.rc == 2
+    assert "CODER_ADMIN_USERNAME" in result.errors()[0]["event"]
+    assert coderd.log == []
+
+
+def test_every_missing_variable_is_named_at_once(coderd):
+    result = run_job("bootstrap-admin", env={"CODER_ADMIN_PASSWORD": CANARY_PASSWORD})
+
+    assert result.rc == 2
+    message = result.errors()[0]["event"]
+    for name in ("CODER_URL", "CODER_ADMIN_USERNAME", "CODER_ADMIN_EMAIL"):
+        assert name in message
+    assert_no_secret(result, CANARY_PASSWORD)
+
+
+def test_wrong_credentials_against_an_existing_first_user_fail_with_a_runbook_pointer(coderd, admin_env):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", "Another-Secure-Passw0rd!")
+
+    result = run_job("bootstrap-admin", env=admin_env)
+
+    assert result.rc == 1
+    message = result.errors()[0]["event"]
+    assert "first user already exists" in message and "RUNBOOK" in message
+    assert coder_writes(coderd) == []
+    assert_no_secret(result, CANARY_PASSWORD)
+
+
+def test_dry_run_on_a_fresh_coderd_prints_the_plan_and_writes_nothing(coderd, admin_env):
+    result = run_job("--dry-run", "bootstrap-admin", env=admin_env)
+
+    assert result.rc == 0, result.output
+    [plan] = result.find("plan")[:1]
+    assert plan["dry_run"] is True
+    assert plan["actions"][0]["action"] == "create-first-user"
+    assert coderd.writes() == []
+    assert real_users(coderd) == []
+
+
+def test_setup_token_is_sent_only_when_configured(admin_env):
+    with FakeCoderd(setup_token=CANARY_SETUP_TOKEN) as fake:
+        env = {**admin_env, "CODER_URL": fake.url}
+        refused = run_job("bootstrap-admin", env=env)
+        assert refused.rc == 1
+        assert "setup token" in refused.errors()[0]["event"]
+        assert real_users(fake) == []
+
+        accepted = run_job("bootstrap-admin", env={**env, "CODER_SETUP_TOKEN": CANARY_SETUP_TOKEN})
+        assert accepted.rc == 0, accepted.output
+        assert len(real_users(fake)) == 1
+        assert_no_secret(accepted, CANARY_SETUP_TOKEN, CANARY_PASSWORD)
+        assert_no_secret(refused, CANARY_PASSWORD)
+
+
+def test_flags_override_the_environment(coderd, admin_env):
+    result = run_job("bootstrap-admin", "--coder-admin-username", "flag-admin", env=admin_env)
+
+    assert result.rc == 0, result.output
+    assert real_users(coderd)[0]["username"] == "flag-admin"

@@ -1,0 +1,164 @@
+"""The Coder client's retry, auth and error policy, pinned with httpx.MockTransport."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from jobs.coder import CoderClient
+from jobs.errors import CoderAPIError, CoderUnavailable
+
+TOKEN = "abcdefghij-0123456789abcdefghijkl"
+SIGNED_OUT = {"message": "You are signed out or your session has expired. Please sign in again to continue.",
+              "detail": "API key is invalid."}
+
+
+def client_for(handler, **kw) -> tuple[CoderClient, list[float]]:
+    sleeps: list[float] = []
+    kw.setdefault("token", TOKEN)
+    client = CoderClient("http://coderd.test", transport=httpx.MockTransport(handler), sleep=sleeps.append,
+                         ready_timeout=kw.pop("ready_timeout", 30), **kw)
+    return client, sleeps
+
+
+def test_429_is_retried_after_the_servers_retry_after():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(429, json={"message": "rate limited"}, headers={"Retry-After": "7"})
+        return httpx.Response(200, json={"id": "u", "username": "admin"})
+
+    client, sleeps = client_for(handler)
+    assert client.me().username == "admin"
+    assert sleeps == [7.0]
+
+
+def test_503_is_retried_for_a_read_but_not_for_an_unsafe_write():
+    calls = []
+
+    def handler(request):
+        calls.append(request.method)
+        return httpx.Response(503, text="upstream connect error")
+
+    client, _ = client_for(handler, ready_timeout=2)
+    with pytest.raises(CoderUnavailable):
+        client.me()
+    reads = len(calls)
+    assert reads > 1
+
+    calls.clear()
+    with pytest.raises(CoderAPIError) as err:
+        client.stop_workspace("w1")
+    assert calls == ["POST"] and err.value.status == 503
+
+
+def test_4xx_is_an_answer_and_is_never_retried():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        return httpx.Response(400, json={"message": "Validation failed.",
+                                         "validations": [{"field": "username", "detail": "bad"}]})
+
+    client, sleeps = client_for(handler)
+    with pytest.raises(CoderAPIError) as err:
+        client.request("POST", "/api/v2/users/first", json={}, auth=False, safe=True)
+    assert len(calls) == 1 and sleeps == []
+    assert "Validation failed." in str(err.value) and "username: bad" in str(err.value)
+
+
+def test_connection_refused_is_retried_even_for_writes():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if len(calls) < 3:
+            raise httpx.ConnectError("refused")
+        return httpx.Response(201, json={"id": "b", "transition": "stop", "job": {"id": "j", "status": "pending"}})
+
+    client, sleeps = client_for(handler)
+    assert client.stop_workspace("w1").transition == "stop"
+    assert len(sleeps) == 2
+
+
+def test_a_dropped_connection_is_not_repeated_for_an_unsafe_write():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        raise httpx.RemoteProtocolError("server disconnected")
+
+    client, _ = client_for(handler)
+    with pytest.raises(CoderUnavailable, match="may have been applied"):
+        client.stop_workspace("w1")
+    assert len(calls) == 1
+
+
+def test_a_rejected_session_triggers_one_relogin():
+    seen_tokens = []
+
+    def handler(request):
+        if request.url.path == "/api/v2/users/login":
+            return httpx.Response(201, json={"session_token": "newtokenid-0123456789abcdefghijkl"})
+        seen_tokens.append(request.headers.get("Coder-Session-Token"))
+        if request.headers.get("Coder-Session-Token") == TOKEN:
+            return httpx.Response(401, json=SIGNED_OUT)
+        return httpx.Response(200, json={"id": "u", "username": "admin"})
+
+    client, _ = client_for(handler, email="a@b.io", password="x" * 20)
+    assert client.me().username == "admin"
+    assert seen_tokens == [TOKEN, "newtokenid-0123456789abcdefghijkl"]
+
+
+def test_a_401_from_a_database_outage_is_retried_not_treated_as_signed_out():
+    calls = []
+
+    def handler(request):
+        calls.append(request)
+        if len(calls) == 1:
+            return httpx.Response(401, json={"message": "An internal error occurred. Please try again or contact the system administrator.",
+                                             "detail": "Internal error fetching API key by id."})
+        return httpx.Response(200, json={"id": "u", "username": "admin"})
+
+    client, sleeps = client_for(handler)
+    assert client.me().username == "admin"
+    assert len(sleeps) == 1
+
+
+def test_no_cookie_jar_is_kept_between_requests():
+    cookies = []
+
+    def handler(request):
+        cookies.append(request.headers.get("cookie"))
+        if request.url.path == "/api/v2/users/login":
+            return httpx.Response(201, json={"session_token": TOKEN}, headers={"Set-Cookie": f"coder_session_token={TOKEN}; Path=/"})
+        return httpx.Response(200, json={"id": "u", "username": "admin"})
+
+    client, _ = client_for(handler, token=None, email="a@b.io", password="x" * 20)
+    client.me()
+    client.me()
+    assert cookies == [None, None, None]
+
+
+def test_readiness_wait_names_url_and_deadline():
+    def handler(request):
+        raise httpx.ConnectError("refused")
+
+    client, sleeps = client_for(handler, ready_timeout=0.2)
+    with pytest.raises(CoderUnavailable) as err:
+        import time
+        real_sleep = time.sleep
+        client._sleep = real_sleep
+        client.wait_ready()
+    assert "http://coderd.test" in str(err.value) and "0.2s" in str(err.value)
+
+
+def test_date_header_is_recorded_as_server_time():
+    def handler(request):
+        return httpx.Response(200, json={"id": "u", "username": "a"}, headers={"Date": "Tue, 01 Dec 2026 10:00:00 GMT"})
+
+    client, _ = client_for(handler)
+    client.me()
+    assert client.server_date.isoformat() == "2026-12-01T10:00:00+00:00"
