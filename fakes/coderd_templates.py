@@ -1,0 +1,3 @@
+class TemplatesMixin:
+    def register_template_routes(self):
+        pass

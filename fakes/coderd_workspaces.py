@@ -1,0 +1,3 @@
+class WorkspacesMixin:
+    def register_workspace_routes(self):
+        pass

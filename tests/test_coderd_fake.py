@@ -1,0 +1,390 @@
+"""Behaviour of the fake coderd, driven over loopback HTTP like the jobs drive the real one."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import threading
+import time
+from datetime import datetime, timedelta, timezone
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+
+import httpx
+import jsonschema
+import pytest
+
+from fakes.coderd import FakeCoderd
+from fakes.coderd_password import entropy, validate
+
+SWAGGER = Path("/work/shared/coder-api/swagger.json")
+STRONG = "MyP4ssw0rd!"
+
+# Success/error schemas per route, checked against every logged response after each test.
+ROUTE_SCHEMAS = {
+    "GET /api/v2/buildinfo": "codersdk.BuildInfoResponse",
+    "POST /api/v2/users/first": "codersdk.CreateFirstUserResponse",
+    "POST /api/v2/users/login": "codersdk.LoginWithPasswordResponse",
+    "GET /api/v2/users/{user}": "codersdk.User",
+    "GET /api/v2/users/{user}/organizations": ["codersdk.Organization"],
+    "GET /api/v2/organizations/{organization}": "codersdk.Organization",
+    "POST /api/v2/users/{user}/keys/tokens": "codersdk.GenerateAPIKeyResponse",
+    "POST /api/v2/users/{user}/keys": "codersdk.GenerateAPIKeyResponse",
+    "GET /api/v2/users/{user}/keys/tokens": ["codersdk.APIKey"],
+    "POST /api/v2/files": "codersdk.UploadResponse",
+    "POST /api/v2/organizations/{organization}/templateversions": "codersdk.TemplateVersion",
+    "GET /api/v2/templateversions/{templateversion}": "codersdk.TemplateVersion",
+    "GET /api/v2/templateversions/{templateversion}/logs": ["codersdk.ProvisionerJobLog"],
+    "GET /api/v2/templateversions/{templateversion}/variables": ["codersdk.TemplateVersionVariable"],
+    "POST /api/v2/organizations/{organization}/templates": "codersdk.Template",
+    "GET /api/v2/organizations/{organization}/templates": ["codersdk.Template"],
+    "GET /api/v2/organizations/{organization}/templates/{templatename}": "codersdk.Template",
+    "GET /api/v2/templates/{template}": "codersdk.Template",
+    "PATCH /api/v2/templates/{template}": "codersdk.Template",
+    "GET /api/v2/templates/{template}/versions": ["codersdk.TemplateVersion"],
+    "GET /api/v2/workspaces": "codersdk.WorkspacesResponse",
+    "GET /api/v2/workspaces/{workspace}": "codersdk.Workspace",
+    "POST /api/v2/workspaces/{workspace}/builds": "codersdk.WorkspaceBuild",
+    "GET /api/v2/workspacebuilds/{workspacebuild}": "codersdk.WorkspaceBuild",
+}
+
+
+def _strip_nulls(value):
+    """Swagger 2 has no nullable; coderd's nulls (deadline, dormant_at...) are tolerated."""
+    if isinstance(value, dict):
+        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_strip_nulls(v) for v in value]
+    return value
+
+
+@pytest.fixture(scope="module")
+def swagger():
+    return json.loads(SWAGGER.read_text())
+
+
+_FORMATS = jsonschema.FormatChecker()
+
+
+def check_conformance(fake: FakeCoderd, swagger: dict) -> None:
+    defs = swagger["definitions"]
+    for rec in fake.log:
+        if not isinstance(rec.response, (dict, list)):
+            continue
+        if rec.status >= 400 or (isinstance(rec.response, dict) and set(rec.response) <= {"message", "detail", "validations"}
+                                 and "message" in rec.response):
+            name = "codersdk.Response"
+        else:
+            name = ROUTE_SCHEMAS.get(rec.route)
+        if name is None:
+            continue
+        if isinstance(name, list):
+            schema = {"type": "array", "items": {"$ref": f"#/definitions/{name[0]}"}}
+        else:
+            schema = {"$ref": f"#/definitions/{name}"}
+        schema["definitions"] = defs
+        validator = jsonschema.Draft4Validator(schema, format_checker=_FORMATS)  # no check_schema: it is slow
+        error = jsonschema.exceptions.best_match(validator.iter_errors(_strip_nulls(rec.response)))
+        if error is not None:
+            raise AssertionError(f"{rec.route} -> {rec.status}: {error.message} at {list(error.absolute_path)}")
+
+
+@pytest.fixture
+def fake(swagger):
+    f = FakeCoderd(first_user_race_window=0.0, provisioner_delay=0.01)
+    f.start()
+    yield f
+    f.stop()
+    check_conformance(f, swagger)
+
+
+def client(fake: FakeCoderd, token: str | None = None) -> httpx.Client:
+    headers = {"Coder-Session-Token": token} if token else {}
+    return httpx.Client(base_url=fake.url + "/api/v2", headers=headers, timeout=10)
+
+
+@pytest.fixture
+def admin(fake):
+    fake.create_user("admin", "admin@example.com", STRONG)
+    with client(fake, fake.token_for("admin")) as c:
+        yield c
+
+
+FIRST = {"email": "admin@example.com", "username": "admin", "name": "Ada Admin", "password": STRONG, "trial": False}
+
+
+# -- health and build info -----------------------------------------------------------
+def test_healthz_buildinfo_and_root_need_no_auth(fake):
+    r = httpx.get(fake.url + "/healthz")
+    assert (r.status_code, r.text) == (200, "OK")
+    assert r.headers["X-Coder-Build-Version"] == fake.version
+    with client(fake) as c:
+        info = c.get("/buildinfo").json()
+        assert info["version"] == fake.version and info["dashboard_url"] == fake.url
+        assert c.get("/").json() == {"message": "👋"}
+        r = c.get("/no/such/route")
+        assert r.status_code == 404 and r.json() == {"message": "Route not found."}
+        assert r.headers["X-Coder-Build-Version"]
+
+
+def test_date_header_follows_clock_offset(fake):
+    fake.clock_offset = 3 * 86400
+    r = httpx.get(fake.url + "/healthz")
+    served = parsedate_to_datetime(r.headers["Date"])
+    assert abs((served - datetime.now(timezone.utc)).total_seconds() - 3 * 86400) < 5
+
+
+# -- password entropy ----------------------------------------------------------------
+@pytest.mark.parametrize(
+    "password,ok",
+    [("password123", False), ("Coder123!", False), (STRONG, True), ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", False),
+     ("Aa1!" + "x9Qz_" * 14, False)],  # the last one is strong but longer than 64 bytes
+)
+def test_password_strength_examples(password, ok):
+    assert (validate(password) is None) is ok
+
+
+def test_password_entropy_numbers():
+    assert round(entropy("password123"), 1) == 51.7  # 10 counted chars (the "3" of 123 is dropped) x log2(36)
+    assert entropy("Coder123!") < 52 <= entropy(STRONG)
+    assert validate("Aa1!" + "x9Qz_" * 14) == "password must be no more than 64 characters"
+
+
+# -- first user ----------------------------------------------------------------------
+def test_first_user_flow(fake):
+    with client(fake) as c:
+        r = c.get("/users/first")
+        assert r.status_code == 404 and r.json() == {"message": "The initial user has not been created!"}
+        r = c.post("/users/first", json=FIRST)
+        assert r.status_code == 201
+        created = r.json()
+        org = c.get("/organizations/default", headers={"Coder-Session-Token": fake.token_for("admin")}).json()
+        assert created["organization_id"] == org["id"]
+        assert c.get("/users/first").json() == {"message": "The initial user has already been created!"}
+        r = c.post("/users/first", json=FIRST)
+        assert r.status_code == 409 and r.json()["message"] == "The initial user has already been created."
+        # no session comes back: log in next
+        r = c.post("/users/login", json={"email": "admin@example.com", "password": STRONG})
+        assert r.status_code == 201 and "coder_session_token=" in r.headers["set-cookie"]
+        token = r.json()["session_token"]
+        c.cookies.clear()
+        me = c.get("/users/me", headers={"Coder-Session-Token": token}).json()
+        assert me["id"] == created["user_id"] and me["login_type"] == "password"
+        assert [r["name"] for r in me["roles"]] == ["owner"] and me["organization_ids"] == [org["id"]]
+
+
+@pytest.mark.parametrize(
+    "change,field,tag",
+    [
+        ({"email": ""}, "email", "required"),
+        ({"email": "admin@localhost"}, "email", "email"),
+        ({"email": "a@10.0.0.1"}, "email", "email"),
+        ({"username": "bad_name"}, "username", "username"),
+        ({"username": "-admin"}, "username", "username"),
+        ({"username": "new"}, "username", "username"),
+        ({"username": "a" * 33}, "username", "username"),
+        ({"name": " Ada"}, "name", "user_real_name"),
+        ({"password": ""}, "password", "required"),
+    ],
+)
+def test_first_user_validation(fake, change, field, tag):
+    with client(fake) as c:
+        r = c.post("/users/first", json={**FIRST, **change})
+    assert r.status_code == 400
+    body = r.json()
+    assert body["message"] == "Validation failed."
+    assert body["validations"][0]["field"] == field
+    assert body["validations"][0]["detail"].startswith(f'Validation failed for tag "{tag}" with value: "')
+
+
+def test_first_user_error_order_and_bodies(fake):
+    with client(fake) as c:
+        r = c.post("/users/first", content=b"{not json")
+        assert r.status_code == 400 and r.json()["message"] == "Request body must be valid JSON."
+        r = c.post("/users/first", json={**FIRST, "password": "password123"})
+        assert r.status_code == 400 and r.json()["message"] == "Password not strong enough!"
+        assert r.json()["validations"][0]["field"] == "password"
+        r = c.post("/users/first", json={**FIRST, "trial": True})
+        assert r.status_code == 500 and r.json()["message"] == "Failed to generate trial"
+        assert c.get("/users/first").status_code == 404  # no user was created
+        assert c.post("/users/first", json=FIRST).status_code == 201
+        # once a user exists, 409 comes before the password check
+        r = c.post("/users/first", json={**FIRST, "password": "weak"})
+        assert r.status_code == 409
+
+
+def test_first_user_trial_works_when_licensor_reachable(fake):
+    fake.trial_fails = False
+    with client(fake) as c:
+        assert c.post("/users/first", json={**FIRST, "trial": True}).status_code == 201
+
+
+def test_first_user_setup_token(fake):
+    fake.setup_token = "s3cr3t"
+    with client(fake) as c:
+        r = c.post("/users/first", json=FIRST)
+        assert r.status_code == 403 and r.json()["message"] == "Setup token is required to create the first user."
+        r = c.post("/users/first", json={**FIRST, "setup_token": "nope"})
+        assert r.status_code == 403 and r.json()["message"] == "Invalid setup token."
+        assert c.post("/users/first", json={**FIRST, "setup_token": "s3cr3t"}).status_code == 201
+
+
+def test_first_user_race_two_concurrent_calls(fake):
+    """No lock in coderd: both pass the 409 check; the second insert of the same username hits the
+    unique index (500); with different usernames both succeed and there are two owners."""
+    fake.first_user_race_window = 0.3
+    results = []
+
+    def go(body):
+        with client(fake) as c:
+            results.append(c.post("/users/first", json=body))
+
+    threads = [threading.Thread(target=go, args=(FIRST,)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    statuses = sorted(r.status_code for r in results)
+    assert statuses == [201, 500]
+    failed = next(r for r in results if r.status_code == 500).json()
+    assert failed["message"] == "Internal error creating user."
+    assert "duplicate key value violates unique constraint" in failed["detail"]
+
+    fake.reset_database()
+    results.clear()
+    threads = [threading.Thread(target=go, args=({**FIRST, "username": f"admin{i}", "email": f"a{i}@example.com"},))
+               for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(r.status_code for r in results) == [201, 201]
+
+
+# -- login and auth -------------------------------------------------------------------
+def test_login_errors(fake):
+    fake.create_user("admin", "admin@example.com", STRONG)
+    with client(fake) as c:
+        r = c.post("/users/login", json={"email": "admin", "password": STRONG})  # usernames are not accepted
+        assert r.status_code == 400 and r.json()["validations"][0]["field"] == "email"
+        r = c.post("/users/login", json={"email": "admin@example.com", "password": "wrong"})
+        assert r.status_code == 401 and r.json()["message"] == "Incorrect email or password."
+        r = c.post("/users/login", json={"email": "nobody@example.com", "password": "wrong"})
+        assert r.status_code == 401 and r.json()["message"] == "Incorrect email or password."
+        assert c.post("/users/login", json={"email": "ADMIN@example.com", "password": STRONG}).status_code == 201
+        # httpx stored the session cookie; a later cookie-only POST would trip CSRF (see the CSRF test)
+        c.cookies.clear()
+        fake.password_auth_disabled = True
+        r = c.post("/users/login", json={"email": "admin@example.com", "password": STRONG})
+        assert r.status_code == 403 and r.json()["message"] == "Password authentication is disabled."
+
+
+SIGNED_OUT = "You are signed out or your session has expired. Please sign in again to continue."
+
+
+@pytest.mark.parametrize(
+    "token,detail",
+    [
+        (None, 'Cookie "coder_session_token" or query parameter must be provided.'),
+        ("garbage", "Invalid API key format: incorrect amount of API key parts, expected 2 got 1"),
+        ("short-abcdefghijklmnopqrstuv", "Invalid API key format: invalid API key ID length, expected 10 got 5"),
+        ("abcdefghij-short", "Invalid API key format: invalid API key secret length, expected 22 got 5"),
+        ("abcdefghij-abcdefghijklmnopqrstuv", "API key is invalid."),
+    ],
+)
+def test_401_bodies(fake, token, detail):
+    with client(fake, token) as c:
+        r = c.get("/users/me")
+    assert r.status_code == 401
+    assert r.json() == {"message": SIGNED_OUT, "detail": detail}
+
+
+def test_token_sources_cookie_wins_then_query_then_header(fake):
+    fake.create_user("admin", "admin@example.com", STRONG)
+    fake.create_user("bob", roles=())
+    admin_tok, bob_tok = fake.token_for("admin"), fake.token_for("bob")
+    with client(fake) as c:
+        assert c.get("/users/me", params={"coder_session_token": bob_tok}).json()["username"] == "bob"
+        r = c.get("/users/me", params={"coder_session_token": bob_tok}, headers={"Coder-Session-Token": admin_tok})
+        assert r.json()["username"] == "bob"
+        r = c.get("/users/me", headers={"Coder-Session-Token": admin_tok, "Cookie": f"coder_session_token={bob_tok}"})
+        assert r.json()["username"] == "bob"  # GETs silently use the cookie's identity
+        r = c.get("/users/me", headers={"Authorization": f"Bearer {admin_tok}"})
+        assert r.status_code == 401  # Bearer is not read on API routes
+
+
+def test_bad_secret_and_expired_key(fake):
+    fake.create_user("admin", "admin@example.com", STRONG)
+    tok = fake.token_for("admin")
+    with client(fake, tok[:11] + "x" * 22) as c:
+        assert c.get("/users/me").json()["detail"] == "API key secret is invalid."
+    with client(fake, tok) as c:
+        assert c.get("/users/me").status_code == 200
+        fake.clock_offset = 169 * 3600  # past the 168h default token lifetime
+        r = c.get("/users/me")
+        assert r.status_code == 401 and r.json()["detail"].startswith('API key expired at "')
+
+
+def test_csrf_cookie_jar_with_different_header_is_rejected(fake):
+    fake.create_user("admin", "admin@example.com", STRONG)
+    fake.create_user("bob", roles=())
+    with httpx.Client(base_url=fake.url + "/api/v2") as jar:
+        login = jar.post("/users/login", json={"email": "admin@example.com", "password": STRONG})
+        assert "coder_session_token" in jar.cookies  # httpx kept the cookie
+        other = fake.token_for("bob")
+        r = jar.post("/users/me/keys/tokens", json={}, headers={"Coder-Session-Token": other})
+        assert r.status_code == 400 and r.headers["content-type"].startswith("text/plain")
+        assert "CSRF error encountered" in r.text and "values do not match" in r.text
+        # the same header as the cookie is fine, and so is clearing the jar
+        r = jar.post("/users/me/keys/tokens", json={}, headers={"Coder-Session-Token": login.json()["session_token"]})
+        assert r.status_code == 201
+        jar.cookies.clear()
+        assert jar.post("/users/me/keys/tokens", json={}, headers={"Coder-Session-Token": other}).status_code == 201
+
+
+def test_org_lookup_forms(fake, admin):
+    org = admin.get("/users/me/organizations").json()
+    assert len(org) == 1 and org[0]["name"] == "coder" and org[0]["display_name"] == "Coder"
+    oid = org[0]["id"]
+    for ident in ("default", "00000000-0000-0000-0000-000000000000", oid, "coder", "CODER"):
+        r = admin.get(f"/organizations/{ident}")
+        assert r.status_code == 200 and r.json()["id"] == oid, ident
+    assert admin.get("/organizations/Default").status_code == 404  # the literal is lowercase only
+    r = admin.get("/organizations/nope")
+    assert r.status_code == 404 and r.json() == {"message": "Resource not found or you do not have access to this resource"}
+
+
+def test_users_by_me_username_and_uuid(fake, admin):
+    me = admin.get("/users/me").json()
+    assert admin.get("/users/ADMIN").json()["id"] == me["id"]
+    assert admin.get(f"/users/{me['id']}").json()["username"] == "admin"
+    assert admin.get("/users/ghost").status_code == 400
+
+
+def test_tokens(fake, admin):
+    r = admin.post("/users/me/keys/tokens", json={"token_name": "ci", "lifetime": 30 * 86400 * 10**9})
+    assert r.status_code == 201
+    key = r.json()["key"]
+    key_id = key.split("-")[0]
+    listed = admin.get("/users/me/keys/tokens").json()
+    ci = next(t for t in listed if t["token_name"] == "ci")
+    assert ci["id"] == key_id and ci["lifetime_seconds"] == 30 * 86400 and ci["login_type"] == "token"
+    r = admin.post("/users/me/keys/tokens", json={"token_name": "ci"})
+    assert r.status_code == 409 and r.json()["message"] == 'A token with name "ci" already exists.'
+    assert r.json()["validations"][0]["field"] == "name"
+    r = admin.post("/users/me/keys/tokens", json={"lifetime": 876601 * 3600 * 10**9})
+    assert r.status_code == 400 and r.json()["detail"] == "lifetime must be less than 876600h0m0s"
+    assert admin.post("/users/me/keys/tokens", json={"lifetime": -1}).status_code == 400
+    assert admin.post("/users/me/keys/tokens", json={"scope": "bogus"}).status_code == 500
+    assert admin.post("/users/ghost/keys/tokens", json={}).status_code == 400
+    assert admin.get("/users/me/keys/tokens/tokenconfig").json() == {"max_token_lifetime": 876600 * 3600 * 10**9}
+    # session keys are not tokens
+    session = admin.post("/users/me/keys").json()["key"]
+    assert session.split("-")[0] not in {t["id"] for t in admin.get("/users/me/keys/tokens").json()}
+    with client(fake, key) as ci_client:
+        assert ci_client.get("/users/me").status_code == 200
+    assert admin.delete(f"/users/me/keys/{key_id}").status_code == 204
+    with client(fake, key) as ci_client:
+        assert ci_client.get("/users/me").json()["detail"] == "API key is invalid."
+    assert admin.post("/users/me/keys/tokens", json={"token_name": "ci"}).status_code == 201
