@@ -7,6 +7,7 @@ from jobs import bootstrap_admin, republish
 from jobs.coder import client_from_settings
 from jobs.context import RunContext
 from jobs.errors import EXIT_OK
+from jobs.plan import log_plan
 from jobs.settings import RecoverSettings
 from jobs.template_source import load_templates
 
@@ -17,7 +18,8 @@ def run(settings: RecoverSettings, ctx: RunContext) -> int:
         client.wait_ready()
         bootstrap_admin.converge(client, settings, ctx)
         if ctx.dry_run and not client.first_user_exists():
-            ctx.log.info("dry run: no first user yet, so every template would be created", templates=[t.name for t in templates])
+            # Nobody to log in as yet, so nothing to read: every template would be created.
+            log_plan(ctx.log, [republish.plan(t, republish.RemoteTemplate(None))[0] for t in templates], dry_run=True)
             return EXIT_OK
         republish.converge(client, settings, ctx, templates)
     ctx.log.info("recovered", templates=[t.name for t in templates])

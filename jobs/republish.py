@@ -150,22 +150,27 @@ class Publisher:
 
     def build_version(self, local: LocalTemplate, template_id: str | None) -> TemplateVersion:
         key = (local.fingerprint + local.settings.variables_fingerprint(), template_id)
-        cached = self._built.get(key)
-        if cached is not None:
-            return cached
-        file_id = self.client.upload(local.archive)
-        body: dict[str, Any] = {
-            "storage_method": "file",
-            "provisioner": "terraform",
-            "file_id": file_id,
-            "name": version_name(local),
-            "message": version_message(local, self.revision),
-            "user_variable_values": local.settings.variable_values(),
-        }
-        if template_id:
-            body["template_id"] = template_id
-        version = self._create_version(local, body, template_id)
-        version = self.wait_for_job(local, version)
+        version = self._built.get(key)
+        if version is None:
+            file_id = self.client.upload(local.archive)
+            body: dict[str, Any] = {
+                "storage_method": "file",
+                "provisioner": "terraform",
+                "file_id": file_id,
+                "name": version_name(local),
+                "message": version_message(local, self.revision),
+                "user_variable_values": local.settings.variable_values(),
+            }
+            if template_id:
+                body["template_id"] = template_id
+            version = self._create_version(local, body, template_id)
+        # Cached before waiting: a re-plan after a failed poll waits on it instead of building again.
+        self._built[key] = version
+        try:
+            version = self.wait_for_job(local, version)
+        except JobError:
+            del self._built[key]
+            raise
         self._built[key] = version
         return version
 

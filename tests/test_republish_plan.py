@@ -1,0 +1,142 @@
+"""The republisher's pure parts: archives, fingerprints and the plan."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from jobs.archive import build_tar, collect_files, files_from_tar, fingerprint
+from jobs.errors import ConfigError
+from jobs.models import Template
+from jobs.republish import RemoteTemplate, plan
+from jobs.template_source import load_templates
+
+
+def make_template(root: Path, name: str = "demo", files: dict[str, str] | None = None, settings: str | None = None) -> Path:
+    folder = root / name
+    for rel, text in (files or {"main.tf": "terraform {}\n", "modules/ws/main.tf": "locals {}\n"}).items():
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(text)
+    if settings is not None:
+        (folder / "coder-template.yaml").write_text(settings)
+    return folder
+
+
+def template_model(**over) -> Template:
+    base = dict(id="t1", name="demo", active_version_id="v1", display_name="", description="", icon="",
+                default_ttl_ms=0, activity_bump_ms=3600000, allow_user_cancel_workspace_jobs=False)
+    return Template.model_validate({**base, **over})
+
+
+def test_archive_skips_what_coder_push_skips(tmp_path):
+    folder = make_template(tmp_path, files={
+        "main.tf": "x", ".terraform/providers/p": "x", ".git/HEAD": "x", ".terraform.lock.hcl": "x",
+        "terraform.tfstate": "x", "terraform.tfvars": "x", "mod/a.auto.tfvars": "x", "mod/.hidden": "x",
+        "coder-template.yaml": "display_name: x\n",
+    })
+    assert sorted(collect_files(folder)) == [".terraform.lock.hcl", "main.tf"]
+
+
+def test_archive_is_reproducible_and_lists_directories_before_their_files(tmp_path):
+    folder = make_template(tmp_path)
+    first, second = build_tar(collect_files(folder)), build_tar(collect_files(folder))
+    assert first == second
+    with tarfile.open(fileobj=io.BytesIO(first)) as tar:
+        members = tar.getmembers()
+    assert [(m.name, m.isdir()) for m in members] == [
+        ("main.tf", False), ("modules", True), ("modules/ws", True), ("modules/ws/main.tf", False)]
+    assert {(m.mtime, m.uid, m.gid) for m in members} == {(0, 0, 0)}
+    assert {m.mode for m in members if m.isdir()} == {0o755} and {m.mode for m in members if m.isfile()} == {0o644}
+
+
+def test_fingerprint_ignores_tar_metadata_but_not_content(tmp_path):
+    files = {"main.tf": b"a", "m/x.tf": b"b"}
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:  # as a human's `coder templates push` would: real mtimes
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.uid = len(data), 1700000000, 1000
+            tar.addfile(info, io.BytesIO(data))
+    assert fingerprint(files_from_tar(buf.getvalue())) == fingerprint(files)
+    assert fingerprint({**files, "main.tf": b"changed"}) != fingerprint(files)
+
+
+def test_symlinked_configmap_layout_is_followed(tmp_path):
+    data = tmp_path / "vol" / "..2026_11_27"
+    (data / "modules").mkdir(parents=True)
+    (data / "main.tf").write_text("x")
+    (data / "modules" / "m.tf").write_text("y")
+    vol = tmp_path / "vol"
+    (vol / "..data").symlink_to(data.name)
+    (vol / "main.tf").symlink_to("..data/main.tf")
+    (vol / "modules").symlink_to("..data/modules")
+    assert collect_files(vol) == {"main.tf": b"x", "modules/m.tf": b"y"}
+
+
+def test_missing_template_is_created(tmp_path):
+    [local] = load_templates(tmp_path, None) if make_template(tmp_path) else []
+    [action] = plan(local, RemoteTemplate(None))
+    assert action.kind == "create-template"
+
+
+def test_identical_content_and_settings_is_nothing(tmp_path):
+    make_template(tmp_path)
+    [local] = load_templates(tmp_path, None)
+    remote = RemoteTemplate(template_model(), local.fingerprint, local.settings.variables_fingerprint())
+    assert [a.kind for a in plan(local, remote)] == ["nothing"]
+
+
+def test_hand_pushed_identical_content_is_adopted(tmp_path):
+    make_template(tmp_path)
+    [local] = load_templates(tmp_path, None)
+    [action] = plan(local, RemoteTemplate(template_model(), local.fingerprint, None))
+    assert action.kind == "nothing" and "adopted" in action.reason
+
+
+def test_changed_content_publishes_a_version(tmp_path):
+    make_template(tmp_path)
+    [local] = load_templates(tmp_path, None)
+    [action] = plan(local, RemoteTemplate(template_model(), "sha256:" + "0" * 64, local.settings.variables_fingerprint()))
+    assert action.kind == "publish-version"
+
+
+def test_changed_variables_publish_a_version(tmp_path):
+    make_template(tmp_path, settings="variables:\n  namespace: other\n")
+    [local] = load_templates(tmp_path, None)
+    [action] = plan(local, RemoteTemplate(template_model(), local.fingerprint, "sha256:" + "1" * 64))
+    assert action.kind == "publish-version" and "variable" in action.reason
+
+
+def test_changed_settings_update_only_settings(tmp_path):
+    make_template(tmp_path, settings="display_name: Demo\ndefault_ttl_ms: 7200000\n")
+    [local] = load_templates(tmp_path, None)
+    remote = RemoteTemplate(template_model(), local.fingerprint, local.settings.variables_fingerprint())
+    [action] = plan(local, remote)
+    assert action.kind == "update-settings" and action.details["changes"] == ["default_ttl_ms", "display_name"]
+
+
+@pytest.mark.parametrize("settings, field", [
+    ("description: " + "x" * 200, "description"),
+    ("default_ttl_ms: -1", "default_ttl_ms"),
+    ("unknown_field: 1", "unknown_field"),
+    ("display_name: [unclosed", "not valid YAML"),
+])
+def test_invalid_settings_file_is_a_config_error_naming_the_field(tmp_path, settings, field):
+    make_template(tmp_path, settings=settings)
+    with pytest.raises(ConfigError, match=field):
+        load_templates(tmp_path, None)
+
+
+def test_a_folder_without_top_level_tf_is_not_a_template(tmp_path):
+    make_template(tmp_path, files={"modules/x.tf": "x"})
+    with pytest.raises(ConfigError, match="not a valid template"):
+        load_templates(tmp_path, None)
+
+
+def test_templates_naming_a_missing_folder_is_a_config_error(tmp_path):
+    make_template(tmp_path)
+    with pytest.raises(ConfigError, match="nope"):
+        load_templates(tmp_path, ["demo", "nope"])
