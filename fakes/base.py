@@ -100,6 +100,10 @@ class Faults:
 
 Handler = Callable[[Request], Response]
 
+# Called with (fake, record) for every request any fake answers: the test suite uses it to
+# check every exchange against Coder's OpenAPI spec, even ones a test later clears.
+RECORD_HOOKS: list[Callable[["FakeServer", Record], None]] = []
+
 
 class FakeServer:
     """Subclasses register routes with `self.route(method, pattern, fn)`.
@@ -296,19 +300,20 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 response = Response(500, {"message": "fake crashed", "detail": repr(exc)})
         payload, ctype = response.encoded()
         with fake.lock:
-            fake.log.append(
-                Record(
-                    method=request.method,
-                    path=request.path,
-                    query=request.query,
-                    headers=request.headers,
-                    body=body,
-                    status=response.status,
-                    response=response.body,
-                    route=route,
-                    time=time.time(),
-                )
+            record = Record(
+                method=request.method,
+                path=request.path,
+                query=request.query,
+                headers=request.headers,
+                body=body,
+                status=response.status,
+                response=response.body,
+                route=route,
+                time=time.time(),
             )
+            fake.log.append(record)
+        for hook in RECORD_HOOKS:
+            hook(fake, record)
         self.send_response(response.status)
         headers = {**fake.default_headers(), **response.headers}
         for k, v in headers.items():

@@ -97,3 +97,32 @@ def admin_env(coderd):
 @pytest.fixture
 def templates_env(admin_env):
     return {**admin_env, "TEMPLATES_DIR": str(TEMPLATES_DIR), "TEMPLATES_REVISION": "test-rev", "TEMPLATE_BUILD_TIMEOUT": "30"}
+
+
+@pytest.fixture(autouse=True)
+def coderd_conformance(request):
+    """Every exchange with any coderd fake in any test must match Coder's swagger.json.
+
+    Records are checked as they happen (a test may clear the fake's log); problems fail
+    the test at teardown. Without ../shared the check is skipped (test_conformance says why).
+    """
+    from fakes import base
+    from tests import swagger
+
+    if not swagger.available() or request.node.get_closest_marker("no_conformance"):
+        yield
+        return
+    problems: list[str] = []
+    seen: set[str] = set()
+
+    def hook(fake, record):
+        if isinstance(fake, FakeCoderd):
+            for p in swagger.check_record(record):
+                if p not in seen:
+                    seen.add(p)
+                    problems.append(p)
+
+    base.RECORD_HOOKS.append(hook)
+    yield
+    base.RECORD_HOOKS.remove(hook)
+    assert not problems, "exchanges that do not match Coder's swagger.json:\n" + "\n".join(problems[:30])
