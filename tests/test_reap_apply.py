@@ -1,0 +1,120 @@
+"""The reaper's apply step against a stub client: 409 busy, re-check, failures, Date header as now."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from email.utils import format_datetime
+
+import pytest
+
+from jobs.context import RunContext
+from jobs.errors import CoderAPIError, CoderUnavailable, JobError
+from jobs.models import WorkspaceBuild
+from jobs.reap import Reaper
+from jobs.reap_rules import Policy
+from jobs.settings import ReapSettings
+from tests.test_reap_plan import NOW, H, ws
+
+
+class Log:
+    def __init__(self):
+        self.events = []
+
+    def __getattr__(self, level):
+        return lambda event, **kw: self.events.append({"level": level, "event": event, **kw})
+
+
+class Resp:
+    def __init__(self, status, body, date=NOW):
+        self.status_code, self._body = status, body
+        self.headers = {"Date": format_datetime(date, usegmt=True)}
+
+    def json(self):
+        return self._body
+
+
+class StubClient:
+    def __init__(self, rows, *, fresh=None, stop_error=None, date=NOW):
+        self.rows, self.fresh, self.stop_error, self.date = rows, fresh or {}, stop_error, date
+        self.server_date = None
+        self.stops, self.queries = [], []
+
+    def workspaces_page(self, q, limit, offset):
+        self.queries.append(q)
+        self.server_date = self.date
+        return self.rows[offset:offset + limit], len(self.rows)
+
+    def request(self, method, path, ok=()):
+        wid = path.rsplit("/", 1)[1]
+        w = self.fresh.get(wid, next((r for r in self.rows if r.id == wid), None))
+        if w is None:
+            return Resp(410, {"message": "gone"}, self.date)
+        return Resp(200, w.model_dump(mode="json"), self.date)
+
+    def stop_workspace(self, wid):
+        if self.stop_error:
+            raise self.stop_error
+        self.stops.append(wid)
+        return WorkspaceBuild.model_validate({"id": "b", "transition": "stop", "build_number": 2, "job": {"id": "j", "status": "pending"}})
+
+
+def reaper(client, dry_run=False, **env):
+    settings = ReapSettings(coder_url="http://x", coder_session_token="t", reap_page_size=2, **env)
+    return Reaper(client, settings, Policy(2 * H), RunContext(dry_run=dry_run, log=Log()))
+
+
+def test_now_comes_from_the_date_header_not_the_pod_clock():
+    rows = [ws("a", "w1", last_used=NOW - 3 * H, completed=NOW - 3 * H)]
+    # coderd says it is 2 h earlier than NOW: then the workspace is only 1 h idle
+    r = reaper(StubClient(rows, date=NOW - 2 * H))
+    idle, quota = r.plan()
+    assert idle == [] and r.now == NOW - 2 * H
+    r = reaper(StubClient(rows, date=NOW))
+    assert [c.name for c in r.plan()[0]] == ["w1"]
+
+
+def test_stop_409_is_busy_and_not_a_failure():
+    rows = [ws("a", "w1")]
+    client = StubClient(rows, stop_error=CoderAPIError("POST", "/builds", 409, "A workspace build is already active."))
+    r = reaper(client)
+    r.apply_stops([(c, "idle") for c in r.plan()[0]])
+    assert r.counts["busy"] == 1 and r.counts.get("failed", 0) == 0
+    assert [e["event"] for e in r.ctx.log.events if e.get("phase") == "apply"] == ["busy"]
+
+
+def test_recheck_skips_workspaces_that_changed_since_the_listing():
+    rows = [ws("a", "used"), ws("a", "building"), ws("a", "deleted"), ws("a", "still")]
+    fresh = {rows[0].id: ws("a", "used", wid=rows[0].id, last_used=NOW - timedelta(minutes=1)),
+             rows[1].id: ws("a", "building", wid=rows[1].id, job="running")}
+    client = StubClient(rows, fresh=fresh)
+    r = reaper(client)
+    idle, _ = r.plan()
+    client.rows = [rows[0], rows[1], rows[3]]  # "deleted" is gone now
+    r.apply_stops([(c, "idle") for c in idle])
+    assert client.stops == [rows[3].id]
+    assert r.counts["busy"] == 1 and r.counts["changed"] == 2
+
+
+def test_other_stop_errors_count_as_failed():
+    for err in (CoderAPIError("POST", "/b", 403, "You do not have permission"), CoderUnavailable("down")):
+        r = reaper(StubClient([ws("a", "w")], stop_error=err))
+        r.apply_stops([(c, "idle") for c in r.plan()[0]])
+        assert r.counts["failed"] == 1
+        (e,) = [e for e in r.ctx.log.events if e["event"] == "stop-failed"]
+        assert e["level"] == "warning"
+
+
+def test_missing_date_header_is_an_error_not_the_pod_clock():
+    client = StubClient([ws()])
+    client.date = None
+    with pytest.raises(JobError, match="Date"):
+        reaper(client).plan()
+
+
+def test_totals_need_the_unfiltered_listing():
+    client = StubClient([ws()])
+    reaper(client, reap_max_workspaces_per_user=3).plan()
+    assert client.queries == [""]
+    client = StubClient([ws()])
+    reaper(client).plan()
+    assert client.queries == ["status:running"]
