@@ -169,7 +169,7 @@ class FakeServer:
         httpd.daemon_threads = True
         self._port = httpd.server_address[1]
         self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, daemon=True, name="fake-http")
+        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True, name="fake-http")
         self._thread.start()
 
     def _close_listener(self) -> None:
@@ -259,6 +259,7 @@ class FakeServer:
 class _RequestHandler(BaseHTTPRequestHandler):
     server_fake: FakeServer
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # else every keep-alive request waits ~40 ms for a delayed ACK
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - silence stderr
         pass

@@ -652,14 +652,6 @@ class FakeKube(FakeServer):
         self.tokens: set[str] | None = None  # None: any bearer token is accepted
         self._register_routes()
 
-    def _listen(self) -> None:
-        super()._listen()
-        # Headers and body leave in two writes; without TCP_NODELAY every
-        # keep-alive request waits ~40 ms for a delayed ACK.
-        # TODO: move into fakes/base.py (_RequestHandler.disable_nagle_algorithm).
-        if self._httpd is not None:
-            self._httpd.RequestHandlerClass.disable_nagle_algorithm = True
-
     # ------------------------------------------------------------------ routes
     def _register_routes(self) -> None:
         # the client asks for "/version/", "/api/", "/apis/" (trailing slash)
