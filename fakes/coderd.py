@@ -199,7 +199,6 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         self.route("GET", "/healthz", lambda req: Response(200, "OK"))
         self.api("GET", "/buildinfo", self._buildinfo, auth=False)
         self.api("GET", "/", lambda req: Response(200, {"message": "👋"}), auth=False)
-        self.api("GET", "", lambda req: Response(200, {"message": "👋"}), auth=False)
         self.register_user_routes()
         self.register_template_routes()
         self.register_workspace_routes()

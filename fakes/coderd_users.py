@@ -356,7 +356,7 @@ class UsersMixin:
                     and ((include_all and ctx.is_owner) or k["user_id"] == u["id"])
                     and (ctx.is_owner or k["user_id"] == ctx.user["id"])]
             keys.sort(key=lambda k: k["created_at"])
-            return Response(200, [self._key_json(k, with_owner=True) for k in keys])
+            return Response(200, [self._key_json(k) for k in keys])
 
     def _get_token_config(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
         u = self._user_param(req, ctx)

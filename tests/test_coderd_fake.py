@@ -12,91 +12,21 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 import httpx
-import jsonschema
 import pytest
 
 from fakes.coderd import FakeCoderd
 from fakes.coderd_password import entropy, validate
 
-SWAGGER = Path("/work/shared/coder-api/swagger.json")
 STRONG = "MyP4ssw0rd!"
 
-# Success/error schemas per route, checked against every logged response after each test.
-ROUTE_SCHEMAS = {
-    "GET /api/v2/buildinfo": "codersdk.BuildInfoResponse",
-    "POST /api/v2/users/first": "codersdk.CreateFirstUserResponse",
-    "POST /api/v2/users/login": "codersdk.LoginWithPasswordResponse",
-    "GET /api/v2/users/{user}": "codersdk.User",
-    "GET /api/v2/users/{user}/organizations": ["codersdk.Organization"],
-    "GET /api/v2/organizations/{organization}": "codersdk.Organization",
-    "POST /api/v2/users/{user}/keys/tokens": "codersdk.GenerateAPIKeyResponse",
-    "POST /api/v2/users/{user}/keys": "codersdk.GenerateAPIKeyResponse",
-    "GET /api/v2/users/{user}/keys/tokens": ["codersdk.APIKey"],
-    "POST /api/v2/files": "codersdk.UploadResponse",
-    "POST /api/v2/organizations/{organization}/templateversions": "codersdk.TemplateVersion",
-    "GET /api/v2/templateversions/{templateversion}": "codersdk.TemplateVersion",
-    "GET /api/v2/templateversions/{templateversion}/logs": ["codersdk.ProvisionerJobLog"],
-    "GET /api/v2/templateversions/{templateversion}/variables": ["codersdk.TemplateVersionVariable"],
-    "POST /api/v2/organizations/{organization}/templates": "codersdk.Template",
-    "GET /api/v2/organizations/{organization}/templates": ["codersdk.Template"],
-    "GET /api/v2/organizations/{organization}/templates/{templatename}": "codersdk.Template",
-    "GET /api/v2/templates/{template}": "codersdk.Template",
-    "PATCH /api/v2/templates/{template}": "codersdk.Template",
-    "GET /api/v2/templates/{template}/versions": ["codersdk.TemplateVersion"],
-    "GET /api/v2/workspaces": "codersdk.WorkspacesResponse",
-    "GET /api/v2/workspaces/{workspace}": "codersdk.Workspace",
-    "POST /api/v2/workspaces/{workspace}/builds": "codersdk.WorkspaceBuild",
-    "GET /api/v2/workspacebuilds/{workspacebuild}": "codersdk.WorkspaceBuild",
-}
 
-
-def _strip_nulls(value):
-    """Swagger 2 has no nullable; coderd's nulls (deadline, dormant_at...) are tolerated."""
-    if isinstance(value, dict):
-        return {k: _strip_nulls(v) for k, v in value.items() if v is not None}
-    if isinstance(value, list):
-        return [_strip_nulls(v) for v in value]
-    return value
-
-
-@pytest.fixture(scope="module")
-def swagger():
-    return json.loads(SWAGGER.read_text())
-
-
-_FORMATS = jsonschema.FormatChecker()
-
-
-def check_conformance(fake: FakeCoderd, swagger: dict) -> None:
-    defs = swagger["definitions"]
-    for rec in fake.log:
-        if not isinstance(rec.response, (dict, list)):
-            continue
-        if rec.status >= 400 or (isinstance(rec.response, dict) and set(rec.response) <= {"message", "detail", "validations"}
-                                 and "message" in rec.response):
-            name = "codersdk.Response"
-        else:
-            name = ROUTE_SCHEMAS.get(rec.route)
-        if name is None:
-            continue
-        if isinstance(name, list):
-            schema = {"type": "array", "items": {"$ref": f"#/definitions/{name[0]}"}}
-        else:
-            schema = {"$ref": f"#/definitions/{name}"}
-        schema["definitions"] = defs
-        validator = jsonschema.Draft4Validator(schema, format_checker=_FORMATS)  # no check_schema: it is slow
-        error = jsonschema.exceptions.best_match(validator.iter_errors(_strip_nulls(rec.response)))
-        if error is not None:
-            raise AssertionError(f"{rec.route} -> {rec.status}: {error.message} at {list(error.absolute_path)}")
-
-
+# Every exchange is checked against swagger.json by the autouse fixture in conftest.py.
 @pytest.fixture
-def fake(swagger):
+def fake():
     f = FakeCoderd(first_user_race_window=0.0, provisioner_delay=0.01)
     f.start()
     yield f
     f.stop()
-    check_conformance(f, swagger)
 
 
 def client(fake: FakeCoderd, token: str | None = None) -> httpx.Client:
@@ -388,3 +318,56 @@ def test_tokens(fake, admin):
     with client(fake, key) as ci_client:
         assert ci_client.get("/users/me").json()["detail"] == "API key is invalid."
     assert admin.post("/users/me/keys/tokens", json={"token_name": "ci"}).status_code == 201
+
+
+# -- files ----------------------------------------------------------------------------
+def make_tar(files: dict[str, str], dirs: tuple[str, ...] = ()) -> bytes:
+    """A deterministic template archive, as `coder templates push` would build it."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tf:
+        entries = [(d.rstrip("/") + "/", None) for d in dirs] + sorted(files.items())
+        for name, content in entries:
+            info = tarfile.TarInfo(name)
+            info.mtime = 0
+            if content is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tf.addfile(info)
+            else:
+                data = content.encode()
+                info.size, info.mode = len(data), 0o644
+                tf.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+GOOD_TF = 'variable "region" {\n  default = "eu"\n}\nresource "null_resource" "x" {\n  triggers = { r = "${var.region}" }\n}\n'
+
+
+def upload(c: httpx.Client, data: bytes, ctype: str = "application/x-tar") -> httpx.Response:
+    return c.post("/files", content=data, headers={"Content-Type": ctype})
+
+
+def test_files_dedup_and_content_type(fake, admin):
+    data = make_tar({"main.tf": GOOD_TF})
+    first = upload(admin, data)
+    assert first.status_code == 201
+    again = upload(admin, data)
+    assert again.status_code == 200 and again.json() == first.json()  # `hash` holds the file id
+    assert upload(admin, make_tar({"main.tf": GOOD_TF + "\n"})).status_code == 201
+    r = upload(admin, data, "application/x-tar; charset=binary")
+    assert r.status_code == 400 and r.json()["message"] == 'Unsupported content type header "application/x-tar; charset=binary".'
+    assert upload(admin, data, "multipart/form-data").status_code == 400
+    got = admin.get(f"/files/{first.json()['hash']}")
+    assert got.content == data and got.headers["content-type"] == "application/x-tar"
+    # dedup is per user
+    fake.create_user("other", roles=("template-admin",))
+    with client(fake, fake.token_for("other")) as other:
+        assert upload(other, data).status_code == 201
+
+
+def test_files_rate_limit_knob(fake, admin):
+    fake.files_rate_limit = 2
+    data = make_tar({"main.tf": GOOD_TF})
+    assert [upload(admin, data).status_code for _ in range(3)] == [201, 200, 429]
+    assert upload(admin, data).headers["Retry-After"] == "60"
+    r = admin.post("/files", content=data, headers={"Content-Type": "application/x-tar", "X-Coder-Bypass-Ratelimit": "true"})
+    assert r.status_code == 200  # owners may bypass
