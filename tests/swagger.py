@@ -99,7 +99,13 @@ def _validate(instance: Any, schema: dict[str, Any], extra_allowed: set[str] | N
     if extra_allowed and isinstance(instance, dict):
         instance = {k: v for k, v in instance.items() if k not in extra_allowed}
     validator = jsonschema.Draft4Validator(root, format_checker=_format_checker())
-    return [f"{'/'.join(map(str, e.absolute_path)) or '<root>'}: {e.message[:200]}" for e in validator.iter_errors(instance)]
+    out = []
+    for error in validator.iter_errors(instance):
+        # Under the null-tolerating anyOf, the useful message is the deepest one.
+        while error.context:
+            error = max(error.context, key=lambda e: len(e.absolute_path))
+        out.append(f"{'/'.join(map(str, error.absolute_path)) or '<root>'}: {error.message[:200]}")
+    return out
 
 
 def check_record(record: Any) -> list[str]:

@@ -1,0 +1,257 @@
+"""republish-templates and recover against the coderd fake, run as real processes."""
+
+from __future__ import annotations
+
+import io
+import shutil
+import tarfile
+
+import pytest
+
+from fakes.coderd import FakeCoderd
+from tests.conftest import CANARY_PASSWORD, TEMPLATES_DIR, assert_no_secret, coder_writes, run_job
+
+TEMPLATES = ("ameide-dev", "ameide-gitops")
+
+
+@pytest.fixture
+def templates(tmp_path):
+    """A private copy of the chart's templates, so a test may edit them."""
+    root = tmp_path / "coder-templates"
+    shutil.copytree(TEMPLATES_DIR, root)
+    return root
+
+
+@pytest.fixture
+def env(templates_env, templates):
+    return {**templates_env, "TEMPLATES_DIR": str(templates)}
+
+
+def state(fake: FakeCoderd) -> dict[str, dict]:
+    """template name -> {template, active version, versions attached to it}."""
+    with fake.lock:
+        out = {}
+        for t in fake.templates.values():
+            versions = [v for v in fake.versions.values() if v.get("template_id") == t["id"]]
+            active = fake.versions[t["active_version_id"]]
+            out[t["name"]] = {"template": t, "active": active, "versions": versions}
+        return out
+
+
+def job_status(fake, version):
+    return fake.job_status(fake.jobs[version["job_id"]])
+
+
+def archive_names(fake, version) -> set[str]:
+    data = fake.files[fake.jobs[version["job_id"]]["file_id"]]["data"]
+    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
+        return {m.name for m in tar.getmembers()}
+
+
+def converged(fake, env) -> dict:
+    result = run_job("recover", env=env)
+    assert result.rc == 0, result.output
+    return state(fake)
+
+
+def test_fresh_coderd_gets_both_templates_with_succeeded_versions_holding_nested_files(coderd, env):
+    result = run_job("recover", env=env)
+
+    assert result.rc == 0, result.output
+    now = state(coderd)
+    assert sorted(now) == list(TEMPLATES)
+    for name in TEMPLATES:
+        assert job_status(coderd, now[name]["active"]) == "succeeded"
+        names = archive_names(coderd, now[name]["active"])
+        assert {"main.tf", "modules/workspace", "modules/workspace/main.tf"} <= names
+        assert "coder-template.yaml" not in names
+        assert now[name]["template"]["default_ttl_ms"] == 7_200_000
+        assert "test-rev" in now[name]["active"]["message"]
+    assert_no_secret(result, CANARY_PASSWORD)
+
+
+def test_second_run_uploads_nothing_creates_no_version_and_patches_nothing(coderd, env):
+    converged(coderd, env)
+    coderd.clear_log()
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 0, result.output
+    assert coder_writes(coderd) == []
+    assert [a["action"] for e in result.find("plan") for a in e["actions"]] == ["nothing", "nothing"]
+
+
+def test_editing_one_file_publishes_exactly_one_version_for_that_template(coderd, env, templates):
+    before = converged(coderd, env)
+    (templates / "ameide-dev" / "modules" / "workspace" / "main.tf").write_text(
+        (templates / "ameide-dev" / "modules" / "workspace" / "main.tf").read_text() + "\n# edited\n")
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 0, result.output
+    after = state(coderd)
+    assert len(after["ameide-dev"]["versions"]) == 2
+    assert after["ameide-dev"]["active"]["id"] != before["ameide-dev"]["active"]["id"]
+    assert job_status(coderd, after["ameide-dev"]["active"]) == "succeeded"
+    assert after["ameide-gitops"]["versions"] == before["ameide-gitops"]["versions"]
+    assert after["ameide-gitops"]["active"]["id"] == before["ameide-gitops"]["active"]["id"]
+
+
+def test_a_settings_change_patches_the_template_without_a_new_version(coderd, env, templates):
+    before = converged(coderd, env)
+    settings = templates / "ameide-gitops" / "coder-template.yaml"
+    settings.write_text(settings.read_text().replace("default_ttl_ms: 7200000", "default_ttl_ms: 3600000"))
+    coderd.clear_log()
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 0, result.output
+    after = state(coderd)
+    assert after["ameide-gitops"]["template"]["default_ttl_ms"] == 3_600_000
+    assert after["ameide-gitops"]["template"]["activity_bump_ms"] == 3_600_000  # a full PATCH kept it
+    assert len(after["ameide-gitops"]["versions"]) == len(before["ameide-gitops"]["versions"])
+    assert [r.route for r in coder_writes(coderd)] == ["PATCH /api/v2/templates/{template}"]
+
+
+def test_a_template_that_fails_to_build_exits_1_with_the_error_and_keeps_the_active_version(coderd, env, templates):
+    before = converged(coderd, env)
+    broken = templates / "ameide-dev" / "main.tf"
+    broken.write_text(broken.read_text() + '\noutput "oops" {\n  value = var.does_not_exist\n}\n')
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 1
+    message = result.errors()[0]["event"]
+    assert "ameide-dev" in message and "failed to build" in message and "does_not_exist" in message
+    assert "Last log lines" in message
+    after = state(coderd)
+    assert after["ameide-dev"]["active"]["id"] == before["ameide-dev"]["active"]["id"]
+
+
+def test_a_tf_syntax_error_exits_1_with_coderds_parse_error(coderd, env, templates):
+    before = converged(coderd, env)
+    (templates / "ameide-gitops" / "main.tf").write_text('resource "x" "y" {\n  unclosed = "\n')
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 1
+    assert "could not parse the template" in result.errors()[0]["event"]
+    assert state(coderd)["ameide-gitops"]["active"]["id"] == before["ameide-gitops"]["active"]["id"]
+
+
+def test_database_reset_is_healed_by_recover(coderd, env):
+    converged(coderd, env)
+    coderd.reset_database()
+
+    result = run_job("recover", env=env)
+
+    assert result.rc == 0, result.output
+    assert sorted(state(coderd)) == list(TEMPLATES)
+    assert [u["username"] for u in coderd.users.values() if u["username"] != "prebuilds"] == ["platform-admin"]
+
+
+def test_a_template_pushed_by_hand_with_identical_content_is_adopted(coderd, env, templates):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+    # What `coder templates push` would send: real mtimes and uids, no marker in the message.
+    from jobs.archive import collect_files
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for path, data in sorted(collect_files(templates / "ameide-dev").items()):
+            info = tarfile.TarInfo(path)
+            info.size, info.mtime, info.uid, info.mode = len(data), 1_750_000_000, 1000, 0o664
+            tar.addfile(info, io.BytesIO(data))
+    import httpx
+
+    token = coderd.token_for("platform-admin")
+    with httpx.Client(base_url=coderd.url, headers={"Coder-Session-Token": token}) as http:
+        file_id = http.post("/api/v2/files", content=buf.getvalue(), headers={"Content-Type": "application/x-tar"}).json()["hash"]
+        version = http.post("/api/v2/organizations/default/templateversions", json={
+            "storage_method": "file", "provisioner": "terraform", "file_id": file_id, "message": "Uploaded from the CLI",
+            "user_variable_values": [{"name": "namespace", "value": "coder-workspaces"}]}).json()
+        coderd.wait_idle()
+        settings = {"display_name": "Ameide Dev", "default_ttl_ms": 7200000, "activity_bump_ms": 3600000,
+                    "description": "Ameide monorepo workspace built by envbuilder from .devcontainer/coder, with code-server and Codex.",
+                    "icon": "/icon/code.svg"}
+        assert http.post("/api/v2/organizations/default/templates",
+                         json={"name": "ameide-dev", "template_version_id": version["id"], **settings}).status_code == 201
+    coderd.clear_log()
+
+    result = run_job("republish-templates", "--templates", "ameide-dev", env=env)
+
+    assert result.rc == 0, result.output
+    [action] = [a for e in result.find("plan") for a in e["actions"]]
+    assert action["action"] == "nothing" and "adopted" in action["reason"]
+    assert coder_writes(coderd) == []
+
+
+def test_dry_run_lists_the_plan_per_template_and_writes_nothing(coderd, env):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+
+    result = run_job("--dry-run", "republish-templates", env=env)
+
+    assert result.rc == 0, result.output
+    plans = [a for e in result.find("plan") for a in e["actions"]]
+    assert [(a["action"], a["target"]) for a in plans] == [
+        ("create-template", "template/ameide-dev"), ("create-template", "template/ameide-gitops")]
+    assert coder_writes(coderd) == []
+
+
+def test_dry_run_recover_on_a_fresh_coderd_writes_nothing(coderd, env):
+    result = run_job("--dry-run", "recover", env=env)
+
+    assert result.rc == 0, result.output
+    actions = [a["action"] for e in result.find("plan") for a in e["actions"]]
+    assert actions == ["create-first-user", "create-template", "create-template"]
+    assert coderd.writes() == []
+
+
+def test_recover_converges_through_random_5xx_without_duplicates(coderd, env):
+    coderd.random_errors(0.3, seed=7)
+
+    result = run_job("recover", env={**env, "CODER_READY_TIMEOUT": "60"}, timeout=180)
+
+    coderd.clear_faults()
+    assert result.rc == 0, result.output
+    now = state(coderd)
+    assert sorted(now) == list(TEMPLATES)
+    for name in TEMPLATES:
+        assert len(now[name]["versions"]) == 1, name
+    assert len(coderd.versions) == 2  # no orphaned duplicates either
+    assert len([u for u in coderd.users.values() if u["username"] != "prebuilds"]) == 1
+
+
+def test_doctor_reports_drift_and_health(coderd, env, templates):
+    assert run_job("doctor", env=env).rc == 1  # fresh: no first user
+    converged(coderd, env)
+    coderd.clear_log()
+    healthy = run_job("doctor", env=env)
+    assert healthy.rc == 0, healthy.output
+    assert coder_writes(coderd) == []
+    (templates / "ameide-dev" / "main.tf").write_text((templates / "ameide-dev" / "main.tf").read_text() + "\n# drift\n")
+    drift = run_job("doctor", env=env)
+    assert drift.rc == 1 and drift.find("drift template/ameide-dev")
+
+
+def test_templates_dir_that_does_not_exist_is_exit_2_before_any_request(coderd, env):
+    result = run_job("republish-templates", env={**env, "TEMPLATES_DIR": "/nonexistent/templates"})
+
+    assert result.rc == 2
+    assert "TEMPLATES_DIR" in result.errors()[0]["event"]
+    assert coderd.log == []
+
+
+def test_two_republishers_racing_create_each_template_once(coderd, env):
+    import threading
+
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_job("republish-templates", env=env))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert [r.rc for r in results] == [0, 0], [r.output for r in results]
+    assert sorted(state(coderd)) == list(TEMPLATES)
+    assert len(coderd.templates) == 2
