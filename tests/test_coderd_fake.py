@@ -371,3 +371,236 @@ def test_files_rate_limit_knob(fake, admin):
     assert upload(admin, data).headers["Retry-After"] == "60"
     r = admin.post("/files", content=data, headers={"Content-Type": "application/x-tar", "X-Coder-Bypass-Ratelimit": "true"})
     assert r.status_code == 200  # owners may bypass
+
+
+# -- template versions ----------------------------------------------------------------
+def wait_job(c: httpx.Client, version_id: str, timeout: float = 5) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        v = c.get(f"/templateversions/{version_id}").json()
+        if v["job"]["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return v
+        time.sleep(0.01)
+
+
+def new_version(c: httpx.Client, files: dict[str, str], dirs: tuple[str, ...] = (), **extra) -> httpx.Response:
+    fid = upload(c, make_tar(files, dirs)).json()["hash"]
+    body = {"storage_method": "file", "provisioner": "terraform", "file_id": fid, **extra}
+    return c.post("/organizations/default/templateversions", json=body)
+
+
+def test_version_import_succeeds_with_logs(fake, admin):
+    r = new_version(admin, {"main.tf": GOOD_TF}, message="Uploaded from the CLI")
+    assert r.status_code == 201
+    v = r.json()
+    assert v["job"]["status"] == "pending" and v["matched_provisioners"]["count"] == 1
+    assert v["name"]  # random docker-style name
+    r = admin.get(f"/templateversions/{v['id']}/variables")
+    assert r.status_code in (200, 403)
+    done = wait_job(admin, v["id"])
+    assert done["job"]["status"] == "succeeded" and "error" not in done["job"]
+    logs = admin.get(f"/templateversions/{v['id']}/logs").json()
+    assert logs and [lg["id"] for lg in logs] == sorted(lg["id"] for lg in logs)
+    later = admin.get(f"/templateversions/{v['id']}/logs", params={"after": logs[1]["id"]}).json()
+    assert [lg["id"] for lg in later] == [lg["id"] for lg in logs[2:]]
+    r = admin.get(f"/templateversions/{v['id']}/logs", params={"follow": "false"})
+    assert r.status_code == 400 and r.json()["message"] == "Failed to accept websocket."
+    assert admin.get(f"/templateversions/{v['id']}/logs", params={"after": "x"}).status_code == 400
+    variables = admin.get(f"/templateversions/{v['id']}/variables").json()
+    assert variables == [{"name": "region", "description": "", "type": "string", "value": "eu",
+                          "default_value": "eu", "required": False, "sensitive": False}]
+
+
+def test_version_variables_403_until_done(fake, admin):
+    fake.provisioner_paused = True
+    v = new_version(admin, {"main.tf": GOOD_TF}).json()
+    r = admin.get(f"/templateversions/{v['id']}/variables")
+    assert r.status_code == 403 and r.json()["message"] == "Template version job has not finished"
+    time.sleep(0.05)
+    assert admin.get(f"/templateversions/{v['id']}").json()["job"]["status"] == "pending"
+    fake.provisioner_paused = False
+    assert wait_job(admin, v["id"])["job"]["status"] == "succeeded"
+
+
+def test_no_provisioners_means_pending_forever(fake, admin):
+    fake.provisioners = 0
+    v = new_version(admin, {"main.tf": GOOD_TF}).json()
+    assert v["matched_provisioners"]["count"] == 0
+    time.sleep(0.05)
+    job = admin.get(f"/templateversions/{v['id']}").json()["job"]
+    assert job["status"] == "pending" and job["queue_position"] == 1
+    r = admin.patch(f"/templateversions/{v['id']}/cancel")
+    assert r.status_code == 200
+    assert admin.get(f"/templateversions/{v['id']}").json()["job"]["status"] == "canceled"  # no worker: done at once
+    assert admin.patch(f"/templateversions/{v['id']}/cancel").status_code == 400
+
+
+def test_version_with_undeclared_variable_fails_like_terraform_plan(fake, admin):
+    v = new_version(admin, {"main.tf": 'resource "null_resource" "x" {\n  triggers = { a = var.missing }\n}\n'}).json()
+    done = wait_job(admin, v["id"])
+    assert done["job"]["status"] == "failed"
+    assert "terraform plan: Reference to undeclared input variable" in done["job"]["error"]
+    logs = admin.get(f"/templateversions/{v['id']}/logs").json()
+    assert any(lg["log_level"] == "error" and "undeclared input variable" in lg["output"] for lg in logs)
+    marker = new_version(admin, {"main.tf": "# fake:fail-plan\n" + GOOD_TF}).json()
+    assert wait_job(admin, marker["id"])["job"]["status"] == "failed"
+
+
+def test_syntax_error_is_a_synchronous_500(fake, admin):
+    r = new_version(admin, {"main.tf": 'resource "null_resource" "x" {\n  triggers = {}\n'})
+    assert r.status_code == 500
+    assert r.json()["message"] == "Internal error checking workspace tags"
+    assert "main.tf" in r.json()["detail"]
+    r = new_version(admin, {"main.tf": 'locals {\n  a = "unterminated\n}\n'})
+    assert r.status_code == 500
+    fid = upload(admin, b"this is not a tar archive at all" * 20).json()["hash"]
+    r = admin.post("/organizations/default/templateversions",
+                   json={"storage_method": "file", "provisioner": "terraform", "file_id": fid})
+    assert r.status_code == 500 and r.json()["message"] == "Internal error checking workspace tags"
+
+
+def test_required_variables_fail_the_job(fake, admin):
+    tf = 'variable "a" {}\nvariable "b" {\n  type = string\n}\nvariable "c" {\n  default = "x"\n}\n'
+    v = new_version(admin, {"main.tf": tf}, user_variable_values=[{"name": "b", "value": ""}]).json()
+    done = wait_job(admin, v["id"])
+    assert done["job"]["status"] == "failed"
+    assert done["job"]["error_code"] == "REQUIRED_TEMPLATE_VARIABLES"
+    assert done["job"]["error"].endswith("required template variables need values: a, b")
+    names = [var["name"] for var in admin.get(f"/templateversions/{v['id']}/variables").json()]
+    assert names == ["a", "b", "c"]  # still recorded
+    ok = new_version(admin, {"main.tf": tf}, user_variable_values=[{"name": "a", "value": "1"}, {"name": "b", "value": "2"}])
+    assert wait_job(admin, ok.json()["id"])["job"]["status"] == "succeeded"
+
+
+def test_variables_are_inherited_from_the_active_version(fake, admin):
+    tf = 'variable "token" {\n  sensitive = true\n}\n'
+    v1 = new_version(admin, {"main.tf": tf}, user_variable_values=[{"name": "token", "value": "s3cret"}]).json()
+    assert wait_job(admin, v1["id"])["job"]["status"] == "succeeded"
+    t = admin.post("/organizations/default/templates", json={"name": "t1", "template_version_id": v1["id"]}).json()
+    v2 = new_version(admin, {"main.tf": tf + "\n"}, template_id=t["id"]).json()
+    assert wait_job(admin, v2["id"])["job"]["status"] == "succeeded"
+    [var] = admin.get(f"/templateversions/{v2['id']}/variables").json()
+    assert var["value"] == "*redacted*"
+
+
+def test_tar_rules_fail_the_job(fake, admin):
+    missing_dir = new_version(admin, {"main.tf": GOOD_TF, "mod/x.tf": "locals {}\n"}).json()
+    done = wait_job(admin, missing_dir["id"])
+    assert done["job"]["status"] == "failed" and "no such file or directory" in done["job"]["error"]
+    with_dir = new_version(admin, {"main.tf": GOOD_TF, "mod/x.tf": "locals {}\n"}, dirs=("mod",)).json()
+    assert wait_job(admin, with_dir["id"])["job"]["status"] == "succeeded"
+    escape = new_version(admin, {"main.tf": GOOD_TF, "../evil.tf": "locals {}\n"}).json()
+    assert "non-local path" in wait_job(admin, escape["id"])["job"]["error"]
+
+
+def test_version_create_errors(fake, admin):
+    fid = upload(admin, make_tar({"main.tf": GOOD_TF})).json()["hash"]
+    base = {"storage_method": "file", "provisioner": "terraform", "file_id": fid}
+    r = admin.post("/organizations/default/templateversions", json={**base, "storage_method": "s3"})
+    assert r.status_code == 400 and r.json()["validations"][0]["field"] == "storage_method"
+    r = admin.post("/organizations/default/templateversions", json={**base, "name": "bad name"})
+    assert r.status_code == 400
+    r = admin.post("/organizations/default/templateversions",
+                   json={**base, "file_id": "5c9ac4b2-52a5-4d43-9b64-34ec1c8f1c3c"})
+    assert r.status_code == 404 and r.json()["message"] == "File not found."
+    r = admin.post("/organizations/default/templateversions",
+                   json={**base, "template_id": "5c9ac4b2-52a5-4d43-9b64-34ec1c8f1c3c"})
+    assert r.status_code == 404 and r.json()["message"] == "Template does not exist."
+    r = admin.post("/organizations/default/templateversions", json={**base, "example_id": "docker"})
+    assert r.status_code == 400
+    fake.create_user("member", roles=())
+    with client(fake, fake.token_for("member")) as member:
+        mfid = upload(member, make_tar({"main.tf": GOOD_TF})).json()["hash"]
+        r = member.post("/organizations/default/templateversions", json={**base, "file_id": mfid})
+        assert r.status_code == 500 and "unauthorized" in r.json()["detail"]
+
+
+def test_duplicate_version_name_within_a_template(fake, admin):
+    v1 = new_version(admin, {"main.tf": GOOD_TF}, name="v1").json()
+    t = admin.post("/organizations/default/templates", json={"name": "dup", "template_version_id": v1["id"]}).json()
+    r = new_version(admin, {"main.tf": GOOD_TF}, name="v1", template_id=t["id"])
+    assert r.status_code == 409 and r.json()["validations"][0]["field"] == "name"
+    assert new_version(admin, {"main.tf": GOOD_TF}, name="v1").status_code == 201  # orphans are never checked
+
+
+# -- templates --------------------------------------------------------------------------
+def built_version(c: httpx.Client, tf: str = GOOD_TF, **extra) -> dict:
+    v = new_version(c, {"main.tf": tf}, **extra).json()
+    return wait_job(c, v["id"])
+
+
+def test_template_create_checks_in_order(fake, admin):
+    v1 = built_version(admin)
+    r = admin.post("/organizations/default/templates", json={"name": "ameide-dev", "template_version_id": v1["id"]})
+    assert r.status_code == 201
+    t = r.json()
+    assert t["active_version_id"] == v1["id"] and t["activity_bump_ms"] == 3600000
+    assert t["allow_user_cancel_workspace_jobs"] is False and t["allow_user_autostart"] is True
+    assert admin.get("/organizations/coder/templates/AMEIDE-DEV").json()["id"] == t["id"]
+    assert [x["name"] for x in admin.get("/organizations/default/templates").json()] == ["ameide-dev"]
+    r = admin.post("/organizations/default/templates", json={"name": "Ameide-Dev", "template_version_id": v1["id"]})
+    assert r.status_code == 409  # duplicate name first, case-insensitive
+    r = admin.post("/organizations/default/templates", json={"name": "other", "template_version_id": v1["id"]})
+    assert r.status_code == 400 and r.json()["message"].endswith("is already part of a template")
+    r = admin.post("/organizations/default/templates",
+                   json={"name": "other", "template_version_id": "5c9ac4b2-52a5-4d43-9b64-34ec1c8f1c3c"})
+    assert r.status_code == 404
+    v2 = built_version(admin)
+    r = admin.post("/organizations/default/templates", json={"name": "other", "template_version_id": v2["id"], "default_ttl_ms": -1})
+    assert r.status_code == 400 and r.json()["message"] == "Invalid create template request."
+    r = admin.post("/organizations/default/templates",
+                   json={"name": "other", "template_version_id": v2["id"], "max_port_share_level": "owner"})
+    assert r.status_code == 400 and r.json()["message"].startswith("Restricting port sharing level is an enterprise feature")
+    r = admin.post("/organizations/default/templates", json={"name": "bad_name", "template_version_id": v2["id"]})
+    assert r.status_code == 400 and r.json()["validations"][0]["field"] == "name"
+    r = admin.post("/organizations/default/templates",
+                   json={"name": "other", "template_version_id": v2["id"], "dormant_ttl_ms": 86400000})
+    assert r.status_code == 201 and r.json()["time_til_dormant_ms"] == 0  # accepted, ignored in CE
+    r = admin.get("/organizations/default/templates/missing")
+    assert r.status_code == 404 and r.json() == {"message": "Resource not found or you do not have access to this resource"}
+
+
+def test_failed_version_is_accepted_on_create_but_cannot_be_promoted(fake, admin):
+    good = built_version(admin)
+    t = admin.post("/organizations/default/templates", json={"name": "t", "template_version_id": good["id"]}).json()
+    bad = built_version(admin, "# fake:fail-plan\n" + GOOD_TF, template_id=t["id"])
+    assert bad["job"]["status"] == "failed"
+    r = admin.patch(f"/templates/{t['id']}/versions", json={"id": bad["id"]})
+    assert r.status_code == 403 and r.json()["message"] == "Only versions that have been built successfully can be promoted."
+    orphan = built_version(admin)
+    assert admin.patch(f"/templates/{t['id']}/versions", json={"id": orphan["id"]}).status_code == 400
+    newer = built_version(admin, template_id=t["id"])
+    r = admin.patch(f"/templates/{t['id']}/versions", json={"id": newer["id"]})
+    assert r.status_code == 200 and r.json() == {"message": "Updated the active template version!"}
+    assert admin.get(f"/templates/{t['id']}").json()["active_version_id"] == newer["id"]
+    versions = admin.get(f"/templates/{t['id']}/versions").json()
+    assert [v["id"] for v in versions] == [good["id"], bad["id"], newer["id"]]  # oldest first
+    assert [v["id"] for v in admin.get(f"/templates/{t['id']}/versions", params={"limit": 1, "offset": 1}).json()] == [bad["id"]]
+    assert [v["id"] for v in admin.get(f"/templates/{t['id']}/versions", params={"after_id": bad["id"]}).json()] == [newer["id"]]
+    assert admin.get(f"/templates/{t['id']}/versions", params={"limit": -1}).status_code == 400
+    assert admin.get(f"/templates/{t['id']}/versions", params={"after_id": orphan["id"]}).status_code == 200
+    r = admin.get(f"/templates/{t['id']}/versions", params={"after_id": "5c9ac4b2-52a5-4d43-9b64-34ec1c8f1c3c"})
+    assert r.status_code == 400
+
+
+def test_patch_template_is_not_partial_and_304_when_unchanged(fake, admin):
+    v = built_version(admin)
+    t = admin.post("/organizations/default/templates",
+                   json={"name": "t", "template_version_id": v["id"], "description": "d", "default_ttl_ms": 3600000}).json()
+    # copy every field: nothing changed -> 304 with an empty body
+    same = {k: t[k] for k in ("name", "display_name", "description", "icon", "default_ttl_ms", "activity_bump_ms",
+                              "allow_user_autostart", "allow_user_autostop", "allow_user_cancel_workspace_jobs",
+                              "failure_ttl_ms", "time_til_dormant_ms", "time_til_dormant_autodelete_ms",
+                              "require_active_version", "autostop_requirement", "autostart_requirement")}
+    r = admin.patch(f"/templates/{t['id']}", json=same)
+    assert r.status_code == 304 and r.content == b""
+    # leaving out allow_user_autostart/autostop is never "unchanged", and omitted fields are zeroed
+    r = admin.patch(f"/templates/{t['id']}", json={"description": "d", "default_ttl_ms": 3600000})
+    assert r.status_code == 200
+    patched = r.json()
+    assert patched["activity_bump_ms"] == 0 and patched["name"] == "t" and patched["allow_user_autostart"] is True
+    r = admin.patch(f"/templates/{t['id']}", json={**same, "failure_ttl_ms": 1000})
+    assert r.status_code == 400 and r.json()["validations"][0]["field"] == "failure_ttl_ms"
+    other = built_version(admin)
+    admin.post("/organizations/default/templates", json={"name": "taken", "template_version_id": other["id"]})
+    assert admin.patch(f"/templates/{t['id']}", json={**same, "name": "taken"}).status_code == 409
