@@ -145,3 +145,36 @@ def test_flags_override_the_environment(coderd, admin_env):
 
     assert result.rc == 0, result.output
     assert real_users(coderd)[0]["username"] == "flag-admin"
+
+
+def test_coders_own_400_is_exit_2_with_its_validation_text_and_never_the_value():
+    """Local rules mirror coderd's; should coderd still refuse (a newer rule), its text is shown."""
+    import httpx
+
+    from jobs.bootstrap_admin import converge
+    from jobs.context import RunContext
+    from jobs.errors import ConfigError
+    from jobs.coder import CoderClient
+    from jobs.settings import BootstrapSettings
+    import pytest
+
+    def handler(request):
+        if request.url.path == "/api/v2/users/first" and request.method == "GET":
+            return httpx.Response(404, json={"message": "The initial user has not been created!"},
+                                  headers={"X-Coder-Build-Version": "v2"})
+        return httpx.Response(400, json={"message": "Password not strong enough!",
+                                         "validations": [{"field": "password", "detail": "insecure password, try a longer one"}]})
+
+    settings = BootstrapSettings(coder_url="http://coderd.test", coder_admin_username="admin",
+                                 coder_admin_email="admin@ameide.io", coder_admin_password=CANARY_PASSWORD)
+    client = CoderClient("http://coderd.test", transport=httpx.MockTransport(handler))
+
+    class Log:
+        def __getattr__(self, name):
+            return lambda *a, **k: None
+
+    with pytest.raises(ConfigError) as err:
+        converge(client, settings, RunContext(dry_run=False, log=Log()))
+    assert err.value.exit_code == 2
+    assert "Password not strong enough!" in str(err.value) and "password: insecure password" in str(err.value)
+    assert CANARY_PASSWORD not in str(err.value)

@@ -255,3 +255,15 @@ def test_two_republishers_racing_create_each_template_once(coderd, env):
     assert [r.rc for r in results] == [0, 0], [r.output for r in results]
     assert sorted(state(coderd)) == list(TEMPLATES)
     assert len(coderd.templates) == 2
+
+
+def test_a_session_token_is_used_and_never_printed(coderd, env):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+    token = coderd.token_for("platform-admin")
+    token_env = {k: v for k, v in env.items() if k not in ("CODER_ADMIN_PASSWORD", "CODER_ADMIN_EMAIL")}
+
+    result = run_job("republish-templates", env={**token_env, "CODER_SESSION_TOKEN": token})
+
+    assert result.rc == 0, result.output
+    assert coderd.requests("POST", "/users/login$") == []
+    assert_no_secret(result, token)
