@@ -604,3 +604,197 @@ def test_patch_template_is_not_partial_and_304_when_unchanged(fake, admin):
     other = built_version(admin)
     admin.post("/organizations/default/templates", json={"name": "taken", "template_version_id": other["id"]})
     assert admin.patch(f"/templates/{t['id']}", json={**same, "name": "taken"}).status_code == 409
+
+
+# -- workspaces -------------------------------------------------------------------------
+NOW = datetime.now(timezone.utc)
+
+
+def seed_fleet(fake: FakeCoderd) -> dict[str, str]:
+    specs = [
+        {"owner": "alice", "name": "ws1", "template": "ameide-dev", "last_used_at": NOW - timedelta(days=10)},
+        {"owner": "alice", "name": "zeta", "template": "ameide-dev", "transition": "stop"},
+        {"owner": "bob", "name": "ws1", "template": "other", "last_used_at": None},
+        {"owner": "bob", "name": "busy", "template": "ameide-dev", "job_status": "running"},
+        {"owner": "Carol", "name": "broken", "template": "ameide-dev", "job_status": "failed"},
+        {"owner": "carol", "name": "queued", "template": "other", "transition": "stop", "job_status": "pending"},
+        {"owner": "alice", "name": "asleep", "template": "other", "transition": "stop", "dormant_at": NOW},
+    ]
+    ids = fake.seed_workspaces(specs)
+    return {f"{s['owner'].lower()}/{s['name']}": i for s, i in zip(specs, ids)}
+
+
+def names(body: dict) -> list[str]:
+    return [f"{w['owner_name']}/{w['name']}" for w in body["workspaces"]]
+
+
+def test_workspace_listing_order_and_fields(fake, admin):
+    seed_fleet(fake)
+    body = admin.get("/workspaces").json()
+    assert body["count"] == 7
+    # running first (bob/busy's start is still running, so it is not), then owner, then name
+    assert names(body) == ["alice/ws1", "bob/ws1", "alice/asleep", "alice/zeta", "bob/busy", "Carol/broken", "Carol/queued"]
+    ws = body["workspaces"][0]
+    assert ws["latest_build"]["status"] == "running" and ws["template_name"] == "ameide-dev"
+    assert "ttl_ms" not in ws and "autostart_schedule" not in ws and ws["dormant_at"] is None
+    assert ws["latest_build"]["deadline"] is None and ws["latest_build"]["reason"] == "initiator"
+    bob_ws1 = next(w for w in body["workspaces"] if w["owner_name"] == "bob" and w["name"] == "ws1")
+    assert bob_ws1["last_used_at"] == "0001-01-01T00:00:00Z"
+
+
+@pytest.mark.parametrize(
+    "q,expected",
+    [
+        ("owner:alice", ["alice/ws1", "alice/asleep", "alice/zeta"]),
+        ("OWNER:ALICE name:WS", ["alice/ws1"]),
+        ("alice/ws", ["alice/ws1"]),
+        ("ws1", ["alice/ws1", "bob/ws1"]),
+        ("template:Ameide-Dev status:running", ["alice/ws1"]),
+        ("status:starting", ["bob/busy"]),
+        ("status:stopped", ["alice/asleep", "alice/zeta"]),
+        ("status:failed", ["Carol/broken"]),
+        ("status:pending", ["Carol/queued"]),
+        ("owner:carol", ["Carol/broken", "Carol/queued"]),
+        ("dormant:true", ["alice/asleep"]),
+        ("dormant:false", ["alice/ws1", "bob/ws1", "alice/asleep", "alice/zeta", "bob/busy", "Carol/broken", "Carol/queued"]),
+        ("owner:me", []),
+    ],
+)
+def test_workspace_query(fake, admin, q, expected):
+    seed_fleet(fake)
+    assert names(admin.get("/workspaces", params={"q": q}).json()) == expected
+
+
+def test_workspace_query_last_used_bounds_are_inclusive(fake, admin):
+    ids = fake.seed_workspaces([
+        {"owner": "alice", "name": "old", "last_used_at": datetime(2025, 1, 1, tzinfo=timezone.utc)},
+        {"owner": "alice", "name": "new", "last_used_at": datetime(2025, 3, 1, tzinfo=timezone.utc)},
+    ])
+    q = 'last_used_before:"2025-01-01T00:00:00Z"'
+    assert names(admin.get("/workspaces", params={"q": q}).json()) == ["alice/old"]
+    q = 'last_used_after:"2025-01-01T00:00:00Z" owner:alice'
+    assert names(admin.get("/workspaces", params={"q": q}).json()) == ["alice/new", "alice/old"]
+    q = f"id:{ids[1]}"
+    assert names(admin.get("/workspaces", params={"q": q}).json()) == ["alice/new"]
+
+
+@pytest.mark.parametrize(
+    "q,field",
+    [("owner:a owner:b", "owner"), ("color:red", "color"), ("a:b:c", "q"), ("status:sleeping", "status"),
+     ("last_used_before:2025-01-01T00:00:00Z", "q"), ("dormant:maybe", "dormant"), ("id:nope", "id")],
+)
+def test_workspace_query_errors(fake, admin, q, field):
+    r = admin.get("/workspaces", params={"q": q})
+    assert r.status_code == 400
+    assert r.json()["message"] == "Invalid workspace search query."
+    assert r.json()["validations"][0]["field"] == field
+
+
+def test_workspace_pagination_count_ignores_limit(fake, admin):
+    seed_fleet(fake)
+    page = admin.get("/workspaces", params={"limit": 2, "offset": 2}).json()
+    assert page["count"] == 7 and names(page) == ["alice/asleep", "alice/zeta"]
+    assert admin.get("/workspaces", params={"offset": 6}).json()["count"] == 7
+    assert admin.get("/workspaces", params={"limit": -1}).status_code == 400
+
+
+def test_members_see_only_their_own(fake, admin):
+    seed_fleet(fake)
+    with client(fake, fake.token_for("bob")) as bob:
+        assert names(bob.get("/workspaces").json()) == ["bob/ws1", "bob/busy"]
+        assert names(bob.get("/workspaces", params={"q": "owner:me"}).json()) == ["bob/ws1", "bob/busy"]
+
+
+def wait_build(c: httpx.Client, build_id: str, timeout: float = 5) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        b = c.get(f"/workspacebuilds/{build_id}").json()
+        if b["job"]["status"] in ("succeeded", "failed", "canceled") or time.monotonic() > deadline:
+            return b
+        time.sleep(0.01)
+
+
+def test_stop_build_lifecycle_and_409_while_active(fake, admin):
+    ids = seed_fleet(fake)
+    ws_id = ids["alice/ws1"]
+    fake.provisioner_delay = 0.1
+    r = admin.post(f"/workspaces/{ws_id}/builds", json={"transition": "stop", "reason": "autostop"})
+    assert r.status_code == 201
+    build = r.json()
+    assert build["job"]["status"] == "pending" and build["status"] == "pending"
+    assert build["initiator_name"] == "admin" and build["reason"] == "initiator" and build["build_number"] == 2
+    r = admin.post(f"/workspaces/{ws_id}/builds", json={"transition": "stop"})
+    assert r.status_code == 409 and r.json()["message"] == "A workspace build is already active."
+    done = wait_build(admin, build["id"])
+    assert done["status"] == "stopped"
+    ws = admin.get(f"/workspaces/{ws_id}").json()
+    assert ws["latest_build"]["transition"] == "stop" and ws["latest_build"]["status"] == "stopped"
+    # stopping a stopped workspace is not rejected: it queues another stop
+    again = admin.post(f"/workspaces/{ws_id}/builds", json={"transition": "stop"})
+    assert again.status_code == 201 and again.json()["build_number"] == 3
+    # a seeded build that is still running blocks new builds
+    assert admin.post(f"/workspaces/{ids['bob/busy']}/builds", json={"transition": "stop"}).status_code == 409
+    assert admin.post(f"/workspaces/{ws_id}/builds", json={"transition": "pause"}).status_code == 400
+
+
+def test_build_permissions(fake, admin):
+    ids = seed_fleet(fake)
+    fake.create_user("tadmin", roles=("template-admin",))
+    with client(fake, fake.token_for("tadmin")) as tadmin:
+        r = tadmin.post(f"/workspaces/{ids['alice/ws1']}/builds", json={"transition": "stop"})
+        assert r.status_code == 403
+    with client(fake, fake.token_for("bob")) as bob:
+        assert bob.post(f"/workspaces/{ids['alice/ws1']}/builds", json={"transition": "stop"}).status_code == 404
+        assert bob.post(f"/workspaces/{ids['bob/ws1']}/builds", json={"transition": "stop"}).status_code == 201
+
+
+def test_deleted_workspace_is_gone(fake, admin):
+    ids = seed_fleet(fake)
+    ws_id = ids["alice/zeta"]
+    b = admin.post(f"/workspaces/{ws_id}/builds", json={"transition": "delete"}).json()
+    assert wait_build(admin, b["id"])["status"] == "deleted"
+    r = admin.get(f"/workspaces/{ws_id}")
+    assert r.status_code == 410
+    assert admin.get(f"/workspaces/{ws_id}", params={"include_deleted": "true"}).status_code == 200
+    assert "alice/zeta" not in names(admin.get("/workspaces").json())
+
+
+def test_seeding_many_workspaces_is_fast(fake, admin):
+    started = time.monotonic()
+    fake.seed_workspaces(
+        {"owner": f"user{i % 200}", "name": f"ws{i}", "template": "ameide-dev",
+         "transition": "start" if i % 3 else "stop", "last_used_at": NOW - timedelta(hours=i % 500)}
+        for i in range(50_000)
+    )
+    assert time.monotonic() - started < 8
+    t0 = time.monotonic()
+    page = admin.get("/workspaces", params={"q": "status:running", "limit": 100}).json()
+    again = admin.get("/workspaces", params={"q": "status:running", "limit": 100, "offset": 100}).json()
+    assert time.monotonic() - t0 < 3
+    assert page["count"] == again["count"] == 50_000 - len(range(0, 50_000, 3))
+    assert len(page["workspaces"]) == 100
+
+
+# -- reset -----------------------------------------------------------------------------
+def test_reset_database_is_a_fresh_install(fake, admin):
+    seed_fleet(fake)
+    old_org = admin.get("/organizations/default").json()["id"]
+    old_deployment = admin.get("/buildinfo").json()["deployment_id"]
+    fake.reset_database()
+    r = admin.get("/users/me")
+    assert r.status_code == 401 and r.json()["detail"] == "API key is invalid."
+    with client(fake) as c:
+        assert c.get("/users/first").status_code == 404
+        assert c.get("/buildinfo").json()["deployment_id"] != old_deployment
+        created = c.post("/users/first", json=FIRST).json()
+    assert created["organization_id"] != old_org
+    with client(fake, fake.token_for("admin")) as again:
+        assert again.get("/workspaces").json() == {"workspaces": [], "count": 0}
+        assert again.get("/organizations/coder").json()["id"] == created["organization_id"]
+
+
+def test_faults_apply_to_every_route(fake, admin):
+    fake.faults.rate_limited = 1
+    r = admin.get("/workspaces")
+    assert r.status_code == 429 and r.headers["X-Coder-Build-Version"]
+    assert admin.get("/workspaces").status_code == 200
