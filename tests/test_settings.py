@@ -1,0 +1,63 @@
+"""Settings: every bad variable named at once, flags win over env, and no input ends in a traceback."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from jobs import settings as s
+from jobs.errors import ConfigError
+
+ENV_NAMES = sorted(s.known_env_vars())
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch):
+    import os
+
+    for name in list(os.environ):
+        if name.startswith(("CODER_", "TEMPLATES", "TEMPLATE_", "REAP_", "EXTERNAL_AUTH", "POD_NAMESPACE")):
+            monkeypatch.delenv(name)
+
+
+def test_every_offending_variable_is_listed_in_one_error(monkeypatch):
+    monkeypatch.setenv("CODER_URL", "not a url")
+    monkeypatch.setenv("REAP_IDLE_AFTER", "soon")
+    monkeypatch.setenv("REAP_MAX_STOPS", "-1")
+    with pytest.raises(ConfigError) as err:
+        s.load(s.ReapSettings)
+    text = str(err.value)
+    for name in ("CODER_URL", "REAP_IDLE_AFTER", "REAP_MAX_STOPS", "CODER_ADMIN_EMAIL and CODER_ADMIN_PASSWORD"):
+        assert name in text
+
+
+def test_flags_override_environment(monkeypatch):
+    monkeypatch.setenv("CODER_URL", "http://from-env:1")
+    monkeypatch.setenv("CODER_SESSION_TOKEN", "x" * 10)
+    loaded = s.load(s.CoderSettings, {"coder_url": "http://from-flag:2"})
+    assert str(loaded.coder_url).startswith("http://from-flag:2")
+
+
+def test_secret_values_are_never_part_of_the_error(monkeypatch):
+    monkeypatch.setenv("CODER_URL", "http://c")
+    monkeypatch.setenv("CODER_ADMIN_USERNAME", "admin")
+    monkeypatch.setenv("CODER_ADMIN_EMAIL", "admin@example.com")
+    monkeypatch.setenv("CODER_ADMIN_PASSWORD", "weakling")
+    with pytest.raises(ConfigError) as err:
+        s.load(s.BootstrapSettings)
+    assert "weakling" not in str(err.value) and "CODER_ADMIN_PASSWORD" in str(err.value)
+
+
+@hsettings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(env=st.dictionaries(st.sampled_from(ENV_NAMES), st.text(max_size=40).filter(lambda v: "\0" not in v), max_size=12),
+       cls=st.sampled_from(s.ALL_SETTINGS))
+def test_any_environment_ends_in_settings_or_a_config_error(monkeypatch, env, cls):
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    try:
+        s.load(cls)
+    except ConfigError as err:
+        assert err.exit_code == 2 and str(err)
+    finally:
+        for name in env:
+            monkeypatch.delenv(name, raising=False)
