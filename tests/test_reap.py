@@ -71,12 +71,14 @@ def scenario(now: datetime, owners: int = 30) -> tuple[list[dict], set[str]]:
     return specs, stop
 
 
-def seed(fake: FakeCoderd, specs: list[dict]) -> list:
+def seed(fake: FakeCoderd, specs: list[dict]) -> dict[str, str]:
+    """Seed; returns {workspace id: "owner/name"}."""
     owners = sorted({s["owner"] for s in specs} - {"prebuilds"})
     for o in owners:
         if fake.user(o) is None:
             fake.create_user(o, roles=())
-    return fake.seed_workspaces(specs)
+    ids = fake.seed_workspaces(specs)
+    return {wid: f"{s['owner']}/{s['name']}" for wid, s in zip(ids, specs)}
 
 
 @pytest.fixture
@@ -101,10 +103,6 @@ def stopped_names(fake: FakeCoderd, ids: dict[str, str]) -> list[str]:
     return posted
 
 
-def id_map(fake: FakeCoderd) -> dict[str, str]:
-    return {w["id"]: f"{w['owner_name']}/{w['name']}" for w in fake.workspace_list()}
-
-
 def plan_events(result) -> set[tuple[str, str]]:
     return {(e["event"], e["target"]) for e in result.events if e.get("phase") == "plan"}
 
@@ -116,9 +114,8 @@ def summary(result) -> dict:
 
 def test_exactly_the_right_workspaces_are_stopped_and_dry_run_prints_the_same_plan(coderd, reap_env):
     specs, expected = scenario(fake_now(coderd))
-    seed(coderd, specs)
+    ids = seed(coderd, specs)
     assert len(specs) > 400
-    ids = id_map(coderd)
 
     dry = run_job("reap", "--dry-run", env=reap_env)
     assert dry.rc == 0, dry.output
@@ -153,8 +150,7 @@ def test_max_stops_takes_the_oldest_idle_first_and_defers_the_rest(coderd, reap_
     now = fake_now(coderd)
     specs = [spec(f"u{i % 9}", f"w{i:03d}", lu=now - (3 * H + i * M), done=now - 50 * H) for i in range(120)]
     specs += [spec("u0", f"busy{i}", lu=now - 90 * H, done=None, job="running") for i in range(3)]
-    seed(coderd, specs)
-    ids = id_map(coderd)
+    ids = seed(coderd, specs)
     result = run_job("reap", env={**reap_env, "REAP_MAX_STOPS": "5"})
     assert result.rc == 0, result.output
     stopped = stopped_names(coderd, ids)
@@ -168,8 +164,7 @@ def test_max_stops_takes_the_oldest_idle_first_and_defers_the_rest(coderd, reap_
 def test_pod_clock_skew_does_not_change_decisions(coderd, reap_env, offset):
     coderd.clock_offset = offset  # the fake (and its Date header) is an hour off the test process's clock
     specs, expected = scenario(fake_now(coderd), owners=6)
-    seed(coderd, specs)
-    ids = id_map(coderd)
+    ids = seed(coderd, specs)
     result = run_job("reap", env=reap_env)
     assert result.rc == 0, result.output
     assert sorted(stopped_names(coderd, ids)) == sorted(expected)
@@ -188,8 +183,7 @@ def quota_specs(now):
 
 
 def test_quota_report_mode_reports_and_stops_only_idle(coderd, reap_env):
-    seed(coderd, quota_specs(fake_now(coderd)))
-    ids = id_map(coderd)
+    ids = seed(coderd, quota_specs(fake_now(coderd)))
     env = {**reap_env, "REAP_MAX_RUNNING_PER_USER": "3", "REAP_MAX_WORKSPACES_PER_USER": "8"}
     result = run_job("reap", env=env)
     assert result.rc == 0, result.output
@@ -203,8 +197,7 @@ def test_quota_report_mode_reports_and_stops_only_idle(coderd, reap_env):
 
 
 def test_quota_stop_mode_stops_least_recently_used_down_to_the_limit(coderd, reap_env):
-    seed(coderd, quota_specs(fake_now(coderd)))
-    ids = id_map(coderd)
+    ids = seed(coderd, quota_specs(fake_now(coderd)))
     env = {**reap_env, "REAP_MAX_RUNNING_PER_USER": "3", "REAP_QUOTA_ACTION": "stop"}
     result = run_job("reap", env=env)
     assert result.rc == 0, result.output
@@ -217,9 +210,9 @@ def test_quota_stop_mode_stops_least_recently_used_down_to_the_limit(coderd, rea
 
     # within the same cap: REAP_MAX_STOPS=2 -> the idle stop first, then one quota stop, the rest deferred
     coderd.reset_database()
+    coderd.clear_log()
     coderd.create_user("admin", password=CANARY_PASSWORD)
-    seed(coderd, quota_specs(fake_now(coderd)))
-    ids = id_map(coderd)
+    ids = seed(coderd, quota_specs(fake_now(coderd)))
     result = run_job("reap", env={**env, "REAP_MAX_STOPS": "2"})
     assert result.rc == 0, result.output
     assert sorted(stopped_names(coderd, ids)) == ["hog/run5", "lazy/old"]
@@ -246,19 +239,28 @@ def test_bad_settings_exit_2(coderd, reap_env, env):
     assert coder_writes(coderd) == []
 
 
-def test_409_is_busy_not_an_error(coderd, reap_env, monkeypatch):
-    now = fake_now(coderd)
-    seed(coderd, [spec("dev", "idle", lu=now - 9 * H, done=now - 9 * H)])
-    coderd.fail_next_builds = 1 if hasattr(coderd, "fail_next_builds") else None
-    # a build becomes active between the listing and the stop: the re-read sees it and skips
-    ids = id_map(coderd)
-    (wid,) = ids
-    result = run_job("reap", "--dry-run", env=reap_env)
-    assert result.rc == 0
-    coderd.start_build(wid, "start") if hasattr(coderd, "start_build") else pytest.skip("fake has no start_build")
-    result = run_job("reap", env=reap_env)
-    assert result.rc == 0, result.output
-    assert summary(result)["stopped"] == 0
+def test_overlapping_runs_never_double_stop_and_treat_conflicts_as_busy(reap_env):
+    """Two reapers at once (a CronJob overlap): every idle workspace gets exactly one stop build;
+    the loser of each race sees either the active build on its re-read or a 409, both "busy"."""
+    fake = FakeCoderd(provisioner_paused=True).start()  # stop builds stay pending: later stops would 409
+    try:
+        fake.create_user("admin", password=CANARY_PASSWORD)
+        now = fake_now(fake)
+        ids = seed(fake, [spec(f"u{i % 4}", f"w{i:02d}", lu=now - 9 * H, done=now - 9 * H) for i in range(24)])
+        env = {**reap_env, "CODER_URL": fake.url, "REAP_CONCURRENCY": "8"}
+        import concurrent.futures
+
+        with concurrent.futures.ThreadPoolExecutor(2) as pool:
+            a, b = pool.map(lambda _: run_job("reap", env=env), range(2))
+        assert a.rc == 0 and b.rc == 0, a.output + b.output
+        created = [r for r in fake.requests("POST", BUILDS) if r.status == 201]
+        assert {r.status for r in fake.requests("POST", BUILDS)} <= {201, 409}
+        assert sorted(ids[r.path.split("/")[4]] for r in created) == sorted(ids.values())
+        sa, sb = summary(a), summary(b)
+        assert sa["stopped"] + sb["stopped"] == 24 and sa["failed"] == sb["failed"] == 0
+        assert sa["stopped"] + sb["stopped"] + sa["busy"] + sb["busy"] + sa["changed"] + sb["changed"] >= 24
+    finally:
+        fake.stop()
 
 
 def test_api_down_exits_1(reap_env, coderd):
@@ -303,10 +305,10 @@ def kube(tmp_path):
 
 def test_orphans_and_resource_quota_after_a_database_reset(coderd, reap_env, kube, tmp_path):
     now = fake_now(coderd)
-    seed(coderd, [spec("dev", "running", lu=now - 5 * M, done=now - H),
-                  spec("dev", "stopped", lu=now - 5 * H, done=now - 4 * H, transition="stop"),
-                  spec("dev", "stopping", lu=now - 5 * H, done=None, transition="stop", job="running")])
-    by_name = {v.split("/")[1]: k for k, v in id_map(coderd).items()}
+    ids = seed(coderd, [spec("dev", "running", lu=now - 5 * M, done=now - H),
+                        spec("dev", "stopped", lu=now - 5 * H, done=now - 4 * H, transition="stop"),
+                        spec("dev", "stopping", lu=now - 5 * H, done=None, transition="stop", job="running")])
+    by_name = {v.split("/")[1]: k for k, v in ids.items()}
     ghost = str(uuid.uuid4())
     for name, wid in {**by_name, "ghost": ghost}.items():
         workspace_objects(kube, wid, name)
@@ -326,7 +328,7 @@ def test_orphans_and_resource_quota_after_a_database_reset(coderd, reap_env, kub
     assert len(kube.objects("pods", NS)) == 6  # dry-run deletes nothing
     high = result.find("quota-usage-high")
     assert [(e["resource"], e["percent"]) for e in high] == [("requests.cpu", 95.0)] and high[0]["level"] == "warning"
-    assert {e["resource"] for e in result.find("quota-usage")} == {"pods"}
+    assert {e["resource"] for e in result.events if e["event"] == "quota-usage"} == {"pods"}
     assert [e["target"] for e in result.find("unlabelled")] == [f"pod/{NS}/unlabelled"]
     looked_up = [(r.query.get("q") or [""])[0] for r in coderd.requests("GET", r"^/api/v2/workspaces$")]
     assert any(q.startswith("id:") for q in looked_up)
