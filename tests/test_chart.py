@@ -447,8 +447,9 @@ def test_delete_orphans_flag_and_rbac() -> None:
     assert all("delete" not in rule["verbs"] for rule in role["rules"])
     on = rendered(deep_merge(FULL, {"reap": {"deleteOrphans": True}}))
     assert "--delete-orphans" in next(pod_specs(on.get("CronJob", f"{RELEASE}-reaper")))["containers"][0]["args"]
-    pods = [rule for rule in on.get("Role", f"{RELEASE}-reap")["rules"] if "pods" in rule["resources"]]
-    assert pods and "delete" in pods[0]["verbs"]
+    for resource in ("pods", "deployments"):
+        rules = [rule for rule in on.get("Role", f"{RELEASE}-reap")["rules"] if resource in rule["resources"]]
+        assert rules and "delete" in rules[0]["verbs"], resource
 
 
 def test_reaper_without_kubernetes_checks() -> None:
