@@ -929,3 +929,45 @@ def test_dev_creates_the_workspace_namespace_and_keeps_it(dev: Rendered) -> None
 
 def load_values_default() -> dict[str, Any]:
     return yaml.safe_load((CHART_DIR / "values.yaml").read_text())
+
+
+# ------------------------------------------------------------------------- contract with the CLI
+
+@pytest.mark.parametrize("source", ["dev", "full"])
+def test_rendered_args_and_env_are_accepted_by_the_jobs(source: str, dev: Rendered, full: Rendered,
+                                                         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each workload's args parse with the real CLI and its env loads into the job's settings
+    class without a configuration error (exit 2) - secrets and fieldRefs replaced by stand-ins."""
+    from jobs import settings as settings_mod
+    from jobs.cli import JOBS as CLI_JOBS, build_parser
+
+    templates = tmp_path / "templates"
+    shutil.copytree(CHART_DIR / "files" / "coder-templates", templates)
+    r = {"dev": dev, "full": full}[source]
+    parser = build_parser()
+    for obj in workloads(r):
+        container = next(pod_specs(obj))["containers"][0]
+        args = parser.parse_args(container["args"])
+        assert args.job == subcommand(obj) and args.log_format == "json"
+        env = {}
+        for e in container["env"]:
+            if "value" in e:
+                env[e["name"]] = e["value"]
+            elif "secretKeyRef" in e["valueFrom"]:
+                if not e["valueFrom"]["secretKeyRef"].get("optional"):
+                    env[e["name"]] = "Chart-Contract-Passw0rd-2026!"
+            else:
+                env[e["name"]] = NAMESPACE
+        if "TEMPLATES_DIR" in env:
+            env["TEMPLATES_DIR"] = str(templates)
+        if "REAP_RULES_FILE" in env:
+            rules = tmp_path / "rules.yaml"
+            rules.write_text(r.get("ConfigMap", f"{RELEASE}-reap-rules")["data"]["rules.yaml"])
+            env["REAP_RULES_FILE"] = str(rules)
+        for name in settings_mod.known_env_vars():
+            monkeypatch.delenv(name, raising=False)
+        for name, value in env.items():
+            monkeypatch.setenv(name, value)
+        cls = getattr(settings_mod, CLI_JOBS[args.job][1])
+        loaded = settings_mod.load(cls)  # raises ConfigError (exit 2) on a bad value
+        assert loaded is not None, obj["metadata"]["name"]
