@@ -267,6 +267,9 @@ def parse_variables_json(data: dict) -> list[Variable]:
 
 def inspect_archive(data: bytes) -> ArchiveInfo:
     info = ArchiveInfo()
+    if not data.strip(b"\0"):
+        info.job_error = "template import provision for start: terraform plan: No configuration files"
+        return info  # an empty archive extracts to an empty directory
     try:
         tf = tarfile.open(fileobj=io.BytesIO(data), mode="r:")
         members = tf.getmembers()
