@@ -55,11 +55,56 @@ def seed_workspaces(fake: FakeCoderd) -> None:
     specs = []
     for i in range(40):
         owner = f"dev{i % 8}"
-        idle_hours = [0.2, 1, 3, 26][i % 4]
+        idle_hours = [0.2, 1, 3, 26][i % 4] + i / 10  # distinct ages, so "oldest first" shows
         specs.append({"owner": owner, "name": f"ws{i}", "template": "ameide-dev", "transition": "start",
                       "job_status": "succeeded", "last_used_at": now - timedelta(hours=idle_hours),
                       "completed_at": now - timedelta(hours=idle_hours + 1)})
     fake.seed_workspaces(specs)
+
+
+def external_auth_step(workdir: Path) -> int:
+    """Step 0: sync-external-auth against a Kubernetes API fake (create, no-op, rotation)."""
+    import base64
+
+    from fakes.kube import FakeKube
+
+    def b64(s: str) -> str:
+        return base64.b64encode(s.encode()).decode()
+
+    def show_kube(fake: FakeKube) -> None:
+        writes = Counter(f"{r.method} {r.path.split('/')[-2] if r.method != 'POST' else r.path.split('/')[-1]}"
+                         for r in fake.writes())
+        total = len(fake.requests())
+        fake.clear_log()
+        target = fake.get_object("secret", "coder", "coder-external-auth-github")
+        checksum = ((target or {}).get("metadata", {}).get("annotations") or {}).get("coder-jobs.ameide.io/checksum", "")
+        print(f"   kube saw {total} requests; writes: {dict(writes) or 'none'}")
+        print(f"   target keys: {sorted((target or {}).get('data') or {})}  checksum: {checksum[:19] or '-'}  "
+              f"coderd rollouts: {len(fake.rollouts('coder', 'coder'))}  events: "
+              f"{[e['reason'] for e in fake.objects('event', 'coder')]}")
+
+    failures = 0
+    with FakeKube() as kube:
+        labels = {"app.kubernetes.io/name": "coder"}
+        kube.put("deployment", "coder", {"metadata": {"name": "coder", "labels": labels}, "spec": {
+            "replicas": 1, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "coder", "image": "ghcr.io/coder/coder"}]}}}})
+        kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-id"}, "data": {"value": b64("Iv1.demo0123456789\n")}})
+        kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-secret"},
+                                     "data": {"value": b64("demo-client-secret-4f1c9a7e2b\n")}})
+        env = {"KUBECONFIG": kube.kubeconfig(workdir / "kubeconfig", namespace="coder"), "POD_NAMESPACE": "coder",
+               "CODER_DEPLOYMENT": "coder"}
+        banner(0, "PreSync: sync-external-auth", "Two source Secrets -> coder-external-auth-github; then a re-run "
+               "(3 reads, no write), then a rotated client secret (update + one coderd rollout).")
+        failures += run(["sync-external-auth"], env) != 0
+        show_kube(kube)
+        failures += run(["sync-external-auth"], env) != 0
+        show_kube(kube)
+        kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-secret"},
+                                     "data": {"value": b64("demo-client-secret-rotated-9d3e\n")}})
+        failures += run(["sync-external-auth"], env) != 0
+        show_kube(kube)
+    return failures
 
 
 def main() -> int:
@@ -79,6 +124,9 @@ def main() -> int:
             "CODER_READY_TIMEOUT": "30",
         }
         print(f"{BOLD}coder-jobs demo{RESET}: coderd fake at {coderd.url}; templates copied to {templates}")
+
+        if _has("jobs.sync_external_auth"):
+            failures += external_auth_step(workdir)
 
         banner(1, "First sync (PostSync hooks)", "A fresh coderd: no users, no templates. bootstrap-admin, then republish-templates.")
         failures += run(["bootstrap-admin"], env) != 0
