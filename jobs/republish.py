@@ -168,6 +168,8 @@ class Publisher:
         self._built[key] = version
         try:
             version = self.wait_for_job(local, version)
+        except CoderAPIError:
+            raise  # a failed poll, not a failed build: the re-plan waits on this version again
         except JobError:
             del self._built[key]
             raise
