@@ -20,7 +20,6 @@ from fakes.coderd_common import (
     new_id,
     norm_uuid,
     not_found,
-    opt_rfc3339,
     read_json,
     rfc3339,
     validation_failed,
@@ -71,7 +70,7 @@ def pagination(req: Request) -> tuple[int, int, str | None] | Response:
             errors.append({"field": name, "detail": f'Query param "{name}" must be a valid positive 32-bit integer ({raw!r} given)'})
     after = req.arg("after_id")
     if after and not is_uuid(after):
-        errors.append({"field": "after_id", "detail": f'Query param "after_id" must be a valid uuid'})
+        errors.append({"field": "after_id", "detail": 'Query param "after_id" must be a valid uuid'})
     if errors:
         return msg(400, "Query parameters have invalid values.", validations=errors)
     return values["limit"], values["offset"], norm_uuid(after) if after else None

@@ -126,3 +126,18 @@ def coderd_conformance(request):
     yield
     base.RECORD_HOOKS.remove(hook)
     assert not problems, "exchanges that do not match Coder's swagger.json:\n" + "\n".join(problems[:30])
+
+
+@pytest.fixture(scope="module")
+def kube_server():
+    from fakes.kube import FakeKube
+
+    with FakeKube() as fake:
+        yield fake
+
+
+@pytest.fixture
+def kube(kube_server):
+    """A Kubernetes API fake, emptied for each test (one server per module: starting is the slow part)."""
+    kube_server.reset()
+    return kube_server

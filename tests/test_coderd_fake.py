@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 import threading
 import time
 from datetime import datetime, timedelta, timezone
 from email.utils import parsedate_to_datetime
-from pathlib import Path
 
 import httpx
 import pytest

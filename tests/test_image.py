@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import json
-import os
 import re
 import shutil
 import subprocess

@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client, config
 from kubernetes.client.rest import ApiException
 
-from fakes.kube import FakeKube, merge_patch, strategic_merge_patch
+from fakes.kube import merge_patch, strategic_merge_patch
 
 NS = "coder"
 
@@ -22,16 +22,9 @@ def status_of(exc: ApiException) -> dict:
     return json.loads(exc.body)
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeKube() as f:
-        yield f
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    return server
+def fake(kube):
+    return kube
 
 
 @pytest.fixture

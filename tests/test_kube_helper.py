@@ -11,7 +11,6 @@ import sys
 import pytest
 from kubernetes import client as k8s
 
-from fakes.kube import FakeKube
 from jobs import kube
 from jobs.errors import ConfigError, JobError
 from tests.conftest import REPO
@@ -23,16 +22,9 @@ def b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeKube() as f:
-        yield f
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    return server
+def fake(kube):
+    return kube
 
 
 @pytest.fixture(autouse=True)

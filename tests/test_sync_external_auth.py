@@ -44,16 +44,9 @@ def decoded(obj: dict) -> dict[str, str]:
     return {k: base64.b64decode(v).decode() for k, v in (obj.get("data") or {}).items()}
 
 
-@pytest.fixture(scope="module")
-def server():
-    with FakeKube() as f:
-        yield f
-
-
 @pytest.fixture
-def fake(server):
-    server.reset()
-    return server
+def fake(kube):
+    return kube
 
 
 @pytest.fixture
