@@ -293,19 +293,26 @@ def record_event(api: k8s.ApiClient, involved: ObjectRef, reason: str, message: 
 # ---------------------------------------------------------------------------- pods and quotas (the reaper)
 
 
-def list_pods(api: k8s.ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[k8s.V1Pod]:
-    """Every pod matching the selector, a page at a time (limit/continue)."""
-    core = k8s.CoreV1Api(api)
+def _list_labelled(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int) -> Iterator[Any]:
     token: str | None = None
     while True:
         kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size}
         if token:
             kwargs["_continue"] = token
-        page = _call(f"list pods in {ns} ({label_selector})", core.list_namespaced_pod, ns, safe_read=True, **kwargs)
+        page = _call(f"list {what} in {ns} ({label_selector})", lister, ns, safe_read=True, **kwargs)
         yield from page.items or []
         token = page.metadata._continue if page.metadata else None
         if not token:
             return
+
+
+def list_pods(api: k8s.ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[k8s.V1Pod]:
+    """Every pod matching the selector, a page at a time (limit/continue)."""
+    return _list_labelled("pods", k8s.CoreV1Api(api).list_namespaced_pod, ns, label_selector, page_size)
+
+
+def list_deployments(api: k8s.ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[k8s.V1Deployment]:
+    return _list_labelled("deployments", k8s.AppsV1Api(api).list_namespaced_deployment, ns, label_selector, page_size)
 
 
 def list_resource_quotas(api: k8s.ApiClient, ns: str) -> list[k8s.V1ResourceQuota]:
@@ -313,13 +320,21 @@ def list_resource_quotas(api: k8s.ApiClient, ns: str) -> list[k8s.V1ResourceQuot
                       safe_read=True).items or [])
 
 
-def delete_pod(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
-    """Delete a pod (with a uid precondition when given, so a same-named successor survives).
-    True when deleted, False when it was already gone."""
+def _delete(what: str, deleter: Callable[..., Any], ns: str, name: str, uid: str | None) -> bool:
+    # The uid precondition means a same-named successor is never deleted by mistake.
     body = k8s.V1DeleteOptions(propagation_policy="Background",
                                preconditions=k8s.V1Preconditions(uid=uid) if uid else None)
     try:
-        _call(f"delete pod {ns}/{name}", k8s.CoreV1Api(api).delete_namespaced_pod, name, ns, body=body)
+        _call(f"delete {what} {ns}/{name}", deleter, name, ns, body=body)
     except KubeNotFound:
         return False
     return True
+
+
+def delete_pod(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
+    """True when deleted, False when it was already gone."""
+    return _delete("pod", k8s.CoreV1Api(api).delete_namespaced_pod, ns, name, uid)
+
+
+def delete_deployment(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
+    return _delete("deployment", k8s.AppsV1Api(api).delete_namespaced_deployment, ns, name, uid)

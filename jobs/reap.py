@@ -24,7 +24,6 @@ bad configuration.
 from __future__ import annotations
 
 import email.utils
-import os
 import re
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -200,22 +199,21 @@ class Reaper:
         """Quota usage and orphans; returns orphan objects to delete as (kind, name, uid, workspace_id)."""
         if self.kube is None:
             return []
-        from kubernetes import client as k8s  # lazy: only the reaper with a namespace needs it
-        from kubernetes.client.rest import ApiException
         from kubernetes.utils import parse_quantity
 
+        from jobs import kube  # lazy: only the reaper with a namespace needs Kubernetes
+
         ns = self.settings.reap_workspace_namespace
-        core, apps = k8s.CoreV1Api(self.kube), k8s.AppsV1Api(self.kube)
         try:
-            self._quota_usage(core.list_namespaced_resource_quota(ns).items, parse_quantity)
-        except ApiException as exc:
+            self._quota_usage(kube.list_resource_quotas(self.kube, ns), parse_quantity)
+        except kube.KubeAPIError as exc:
             self.bump("failed")
-            self.emit(Action("kube-check-failed", f"resourcequotas/{ns}", f"HTTP {exc.status}: {exc.reason}"), phase="plan")
+            self.emit(Action("kube-check-failed", f"resourcequotas/{ns}", str(exc)), phase="plan")
 
         by_id: dict[str, list[tuple[str, str, str]]] = {}
-        for kind, lister in (("pod", core.list_namespaced_pod), ("deployment", apps.list_namespaced_deployment)):
+        for kind, lister in (("pod", kube.list_pods), ("deployment", kube.list_deployments)):
             try:
-                for obj in _list_all(lister, ns, WORKSPACE_SELECTOR):
+                for obj in lister(self.kube, ns, WORKSPACE_SELECTOR):
                     labels = obj.metadata.labels or {}
                     wid = str(labels.get(WORKSPACE_ID_LABEL, "")).lower()
                     if not _UUID.match(wid):
@@ -223,9 +221,9 @@ class Reaper:
                                          f"no valid {WORKSPACE_ID_LABEL} label; never deleted"))
                         continue
                     by_id.setdefault(wid, []).append((kind, obj.metadata.name, obj.metadata.uid))
-            except ApiException as exc:
+            except kube.KubeAPIError as exc:
                 if kind == "pod":
-                    raise JobError(f"cannot list workspace pods in {ns}: HTTP {exc.status} {exc.reason}") from None
+                    raise JobError(f"cannot list workspace pods in {ns}: {exc}") from None
                 # Workspace pods belong to Deployments (the templates' kubernetes_deployment): deleting
                 # only the pod is undone by its ReplicaSet. Say so rather than fail the run.
                 self.ctx.log.warning("cannot list workspace Deployments; orphan deletion limited to pods",
@@ -268,24 +266,18 @@ class Reaper:
                     self.bump("kube_quota_warnings")
 
     def delete_orphans(self, doomed: list[tuple[str, str, str, str]]) -> None:
-        from kubernetes import client as k8s
-        from kubernetes.client.rest import ApiException
+        from jobs import kube
 
         ns = self.settings.reap_workspace_namespace
-        core, apps = k8s.CoreV1Api(self.kube), k8s.AppsV1Api(self.kube)
         # Deployments first, so their ReplicaSets do not recreate the pods we delete next.
         for kind, name, uid, wid in sorted(doomed, key=lambda d: d[0] != "deployment"):
-            body = k8s.V1DeleteOptions(preconditions=k8s.V1Preconditions(uid=uid), propagation_policy="Background")
+            delete = kube.delete_deployment if kind == "deployment" else kube.delete_pod
             try:
-                if kind == "deployment":
-                    apps.delete_namespaced_deployment(name, ns, body=body)
-                else:
-                    core.delete_namespaced_pod(name, ns, body=body)
-            except ApiException as exc:
-                if exc.status == 404:
-                    continue
+                if not delete(self.kube, ns, name, uid):
+                    continue  # already gone
+            except kube.KubeAPIError as exc:
                 self.bump("failed")
-                self.emit(Action("delete-failed", f"{kind}/{ns}/{name}", f"HTTP {exc.status}: {exc.reason}"), phase="apply")
+                self.emit(Action("delete-failed", f"{kind}/{ns}/{name}", str(exc)), phase="apply")
                 continue
             self.bump("deleted")
             self.emit(Action("deleted", f"{kind}/{ns}/{name}", "orphan", {"workspace_id": wid}), phase="apply")
@@ -298,40 +290,10 @@ def _response_date(response: Any) -> datetime | None:
         return None
 
 
-def _list_all(lister: Callable[..., Any], ns: str, selector: str) -> Iterator[Any]:
-    token = None
-    while True:
-        kwargs: dict[str, Any] = {"label_selector": selector, "limit": 500}
-        if token:
-            kwargs["_continue"] = token
-        page = lister(ns, **kwargs)
-        yield from page.items
-        token = page.metadata._continue if page.metadata else None
-        if not token:
-            return
-
-
 def kube_api_client() -> Any:
-    """A dedicated ApiClient: in-cluster config when KUBERNETES_SERVICE_HOST is set, else kubeconfig."""
-    try:
-        from jobs.kube import api_client  # type: ignore[attr-defined]
-    except ImportError:
-        api_client = None
-    try:
-        if api_client is not None:
-            return api_client()
-        from kubernetes import client as k8s, config as kconfig
+    from jobs.kube import api_client  # lazy: only the reaper with a namespace needs Kubernetes
 
-        if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            configuration = k8s.Configuration()
-            kconfig.load_incluster_config(client_configuration=configuration)
-            return k8s.ApiClient(configuration)
-        return kconfig.new_client_from_config(config_file=os.environ.get("KUBECONFIG") or None)
-    except ConfigError:
-        raise
-    except Exception as exc:  # ConfigException, missing files, bad YAML
-        raise ConfigError(f"REAP_WORKSPACE_NAMESPACE is set but no Kubernetes configuration loads: "
-                          f"{type(exc).__name__}: {exc}") from None
+    return api_client()
 
 
 SUMMARY_KEYS = ("scanned", "running", "idle", "stopped", "planned_stops", "deferred", "exempt", "busy", "unknown",
