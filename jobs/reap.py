@@ -189,10 +189,17 @@ class Reaper:
             return
         with ThreadPoolExecutor(max_workers=self.settings.reap_concurrency, thread_name_prefix="reap-stop") as pool:
             futures = [pool.submit(self._stop_one, c, reason) for c, reason in stops]
-            for fut in futures:
-                c, outcome, why, extra = fut.result()
-                self.bump({"stopped": "stopped", "busy": "busy", "skipped": "changed", "stop-failed": "failed"}[outcome])
-                self.emit(Action(outcome, c.target, why, {"workspace_id": c.id, **extra}), phase="apply")
+            try:
+                for fut in futures:
+                    c, outcome, why, extra = fut.result()
+                    self.bump({"stopped": "stopped", "busy": "busy", "skipped": "changed", "stop-failed": "failed"}[outcome])
+                    self.emit(Action(outcome, c.target, why, {"workspace_id": c.id, **extra}), phase="apply")
+            except BaseException:
+                # SIGTERM (Terminated) lands here, in the main thread: issue no further stop builds.
+                # Without this the pool's exit would run every queued stop before the job exits.
+                for fut in futures:
+                    fut.cancel()
+                raise
 
     # -- Kubernetes ----------------------------------------------------------
     def kube_checks(self) -> list[tuple[str, str, str, str]]:
