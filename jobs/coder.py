@@ -23,7 +23,7 @@ from pydantic import BaseModel
 from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
 
 from jobs import __version__
-from jobs.errors import CoderAPIError, CoderUnavailable
+from jobs.errors import CoderAPIError, CoderUnavailable, JobError
 from jobs.log import get_logger
 from jobs.models import (
     BuildInfo,
@@ -275,7 +275,15 @@ class CoderClient:
     def login(self) -> None:
         if not self._can_login():
             raise CoderAPIError("POST", "/api/v2/users/login", 401, "no credentials to log in with")
-        self._token = self.password_login(self._email or "", self._password or "")
+        try:
+            self._token = self.password_login(self._email or "", self._password or "")
+        except CoderAPIError as err:
+            # "Incorrect email or password" would send the operator after the credentials, when
+            # the cause is a coderd with no users at all (a new or reset database, even mid-run).
+            if err.status == 401 and not self.first_user_exists():
+                raise JobError(f"coderd at {self.url} has no users: its database is new or was reset "
+                               f"(login answered: {err.message or err.status}); run `coder-jobs recover`") from None
+            raise
         self._logged_in_by_password = True
 
     def password_login(self, email: str, password: str) -> str:
