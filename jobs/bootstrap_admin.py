@@ -16,7 +16,7 @@ from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError
 from jobs.plan import Action, log_plan
 from jobs.settings import BootstrapSettings
 
-RUNBOOK_HINT = "see RUNBOOK.md, 'First user exists but credentials rejected'"
+RUNBOOK_HINT = "see RUNBOOK.md section 3, 'First user exists but the credentials are rejected'"
 
 
 def plan(first_user_exists: bool, settings: BootstrapSettings) -> list[Action]:
