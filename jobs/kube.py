@@ -101,24 +101,40 @@ def from_api_exception(exc: ApiException, what: str) -> KubeAPIError:
     return cls(what, status, reason, message)
 
 
+def _retry_after_s(exc: ApiException) -> float:
+    try:
+        return min(60.0, max(0.05, float((exc.headers or {}).get("Retry-After") or 1)))
+    except (TypeError, ValueError):
+        return 1.0
+
+
 def _call(what: str, fn: Callable[..., T], *args: Any, safe_read: bool = False, **kwargs: Any) -> T:
-    """One API call with our error conversion; safe reads are retried on connection errors and 5xx."""
+    """One API call with our error conversion; safe reads are retried on connection errors and 5xx.
+    A 429 is waited out (Retry-After) for any verb: API Priority and Fairness rejects the request
+    before handling it, and urllib3 only repeats GET/PUT/DELETE, so a throttled create or patch
+    would otherwise fail the job."""
     attempts = READ_ATTEMPTS if safe_read else 1
-    for attempt in range(1, attempts + 1):
+    attempt = throttled = 0
+    while True:
+        attempt += 1
         try:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as exc:
             err = from_api_exception(exc, what)
+            if err.status == 429 and throttled < READ_ATTEMPTS:
+                throttled, attempt, wait = throttled + 1, attempt - 1, _retry_after_s(exc)
+                get_logger().warning("Kubernetes API is throttling; waiting as asked", what=what, retry_in_s=wait)
+                time.sleep(wait)
+                continue
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # MaxRetryError names host, port and path; nothing secret. Keep it short.
             err = KubeAPIError(what, None, "", f"cannot reach the Kubernetes API: {type(exc).__name__}: {str(exc)[:300]}")
-        if attempt == attempts or not err.retryable:
+        if attempt >= attempts or not err.retryable:
             raise err from None
         delay = READ_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random() / 4)
         get_logger().warning("Kubernetes read failed; retrying", what=what, status=err.status, attempt=attempt,
                              retry_in_s=round(delay, 2))
         time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 # ---------------------------------------------------------------------------- client and namespace
