@@ -161,10 +161,11 @@ def load_rules(path: Path | str | None) -> tuple[Rule, ...]:
         raise ConfigError(f"REAP_RULES_FILE: cannot read {path}: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
     try:
         data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
+    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors also raise ValueError (2001-13-01), KeyError (!!bool maybe), RecursionError
         mark = getattr(exc, "problem_mark", None)
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError(f"REAP_RULES_FILE: {path} is not valid YAML{at}") from None
+        why = "" if isinstance(exc, yaml.YAMLError) else f" ({type(exc).__name__}: {str(exc)[:200]})"
+        raise ConfigError(f"REAP_RULES_FILE: {path} is not valid YAML{at}{why}") from None
     return parse_rules(data)
 
 

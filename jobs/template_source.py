@@ -70,7 +70,7 @@ def load_settings(folder: Path, name: str) -> TemplateSettings:
         return TemplateSettings()
     try:
         raw = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
+    except Exception as exc:  # noqa: BLE001 - besides YAMLError, PyYAML raises ValueError (2001-13-01), KeyError (!!bool maybe), RecursionError
         raise ConfigError(f"template {name}: {SETTINGS_FILE} is not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"template {name}: {SETTINGS_FILE} must be a mapping")
