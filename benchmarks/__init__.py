@@ -1,0 +1,1 @@
+"""coder-jobs benchmarks: run them with `./dev bench` (python -m benchmarks)."""

@@ -1,0 +1,380 @@
+"""coder-jobs benchmarks: `./dev bench` (= `.venv/bin/python -m benchmarks`).
+
+Every figure comes from the real CLI run as its own process (as a Kubernetes Job runs it)
+against the in-process fakes; request counts come from the fakes' request logs.
+
+    python -m benchmarks                       # everything, reaper at 1,000 / 10,000 / 50,000
+    python -m benchmarks --quick               # reaper at 1,000 / 5,000, fewer repeats
+    python -m benchmarks --reap-sizes 1000,20000 --only noop,startup,reap,republish --repeat 5
+
+Goals (issue 7) are printed next to the figures; a missed goal makes the exit code 1. They are
+figures, not timed tests: wall times depend on the machine, printed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import os
+import platform
+import random
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from benchmarks import reap_scale  # noqa: E402
+from fakes.coderd import FakeCoderd  # noqa: E402
+from fakes.kube import FakeKube  # noqa: E402
+
+TEMPLATES_DIR = REPO / "chart" / "files" / "coder-templates"
+ADMIN = {"CODER_ADMIN_USERNAME": "platform-admin", "CODER_ADMIN_EMAIL": "platform-admin@ameide.io",
+         "CODER_ADMIN_PASSWORD": "Bench-Passw0rd-7x!", "CODER_READY_TIMEOUT": "30"}
+NOOP_CODER_GOAL = 8
+NOOP_KUBE_GOAL = 3
+
+
+@dataclass
+class Row:
+    section: str
+    figure: str
+    value: str
+    goal: str = ""
+    ok: bool | None = None  # None: no goal
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+
+    def add(self, section: str, figure: str, value: str, goal: str = "", ok: bool | None = None) -> None:
+        self.rows.append(Row(section, figure, value, goal, ok))
+
+    @property
+    def failed(self) -> list[Row]:
+        return [r for r in self.rows if r.ok is False]
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def clean_env(extra: dict[str, str]) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("CODER_", "TEMPLATES", "TEMPLATE_", "REAP_", "EXTERNAL_AUTH", "POD_NAMESPACE"))}
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    env.update(extra)
+    return env
+
+
+def run_job(args: list[str], env: dict[str, str], *, python_flags: tuple[str, ...] = ()) -> tuple[float, subprocess.CompletedProcess]:
+    started = time.perf_counter()
+    proc = subprocess.run([sys.executable, *python_flags, "-m", "jobs", "--log-format", "json", *args],
+                          env=clean_env(env), cwd=REPO, capture_output=True, text=True, timeout=3600)
+    wall = time.perf_counter() - started
+    if proc.returncode != 0:
+        sys.stderr.write(proc.stdout[-3000:] + proc.stderr[-3000:])
+        raise SystemExit(f"coder-jobs {' '.join(args)} exited {proc.returncode}")
+    return wall, proc
+
+
+def by_route(fake) -> Counter:
+    with fake.lock:
+        return Counter(r.route for r in fake.log)
+
+
+def print_routes(title: str, routes: Counter) -> None:
+    print(f"  {title}: {sum(routes.values())} requests")
+    for route, n in sorted(routes.items(), key=lambda kv: (-kv[1], kv[0])):
+        print(f"    {n:>4}  {route}")
+
+
+def median_wall(times: list[float]) -> str:
+    return f"{statistics.median(times):.2f} s" + (f" (min {min(times):.2f}, n={len(times)})" if len(times) > 1 else "")
+
+
+def coderd_env(fake: FakeCoderd, templates: Path = TEMPLATES_DIR) -> dict[str, str]:
+    return {"CODER_URL": fake.url, **ADMIN, "TEMPLATES_DIR": str(templates), "TEMPLATES_REVISION": "bench",
+            "TEMPLATE_BUILD_TIMEOUT": "60"}
+
+
+# ---------------------------------------------------------------------------- no-op cost
+
+
+def bench_noop(report: Report, repeat: int) -> None:
+    print("\n## No-op cost (everything already converged)")
+    with FakeCoderd(provisioner_delay=0.0) as fake:
+        env = coderd_env(fake)
+        run_job(["recover"], env)  # converge: first user, both templates
+        walls, routes = [], Counter()
+        for _ in range(repeat):
+            fake.clear_log()
+            wall, _proc = run_job(["recover"], env)
+            walls.append(wall)
+            routes = by_route(fake)
+            assert not [r for r in fake.log if r.is_write and r.path != "/api/v2/users/login"], "the no-op recover wrote"
+        print_routes("recover, Coder API", routes)
+        total = sum(routes.values())
+        report.add("No-op", "`recover`: Coder API requests", str(total), f"≤ {NOOP_CODER_GOAL}", total <= NOOP_CODER_GOAL)
+        report.add("No-op", "`recover`: whole-process wall time", median_wall(walls))
+        print(f"  wall: {median_wall(walls)}")
+
+    with FakeKube() as kube, tempfile.TemporaryDirectory() as tmp:
+        ns = "coder"
+        b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+        kube.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-id"}, "data": {"value": b64("Iv1.bench\n")}})
+        kube.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-secret"},
+                                "data": {"value": b64("0123456789abcdef0123456789abcdef01234567\n")}})
+        labels = {"app.kubernetes.io/name": "coder"}
+        kube.put("deployment", ns, {"metadata": {"name": "coder", "labels": labels}, "spec": {
+            "replicas": 1, "selector": {"matchLabels": labels},
+            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "coder", "image": "coder"}]}}}})
+        env = {"KUBECONFIG": kube.kubeconfig(Path(tmp) / "kubeconfig", namespace=ns), "POD_NAMESPACE": ns,
+               "CODER_DEPLOYMENT": "coder"}
+        run_job(["sync-external-auth"], env)
+        walls = []
+        for _ in range(repeat):
+            kube.clear_log()
+            wall, _proc = run_job(["sync-external-auth"], env)
+            walls.append(wall)
+            routes = by_route(kube)
+            assert not kube.writes(), "the no-op sync wrote"
+        print_routes("sync-external-auth, Kubernetes API", routes)
+        total = sum(routes.values())
+        report.add("No-op", "`sync-external-auth`: Kubernetes requests", str(total), f"≤ {NOOP_KUBE_GOAL}",
+                   total <= NOOP_KUBE_GOAL)
+        report.add("No-op", "`sync-external-auth`: whole-process wall time", median_wall(walls))
+        print(f"  wall: {median_wall(walls)}")
+
+
+# ---------------------------------------------------------------------------- start-up
+
+
+_IMPORT_LINE = re.compile(r"^import time:\s+(\d+)\s+\|\s+(\d+)\s+\|(\s*)(\S+)")
+
+
+def import_profile(stderr: str) -> tuple[float, set[str], list[tuple[int, str]]]:
+    """(total ms, top-level packages imported, the largest cumulative top-level imports)."""
+    total_us, packages, top = 0, set(), []
+    for line in stderr.splitlines():
+        m = _IMPORT_LINE.match(line)
+        if not m:
+            continue
+        self_us, cumulative_us, indent, name = int(m.group(1)), int(m.group(2)), m.group(3), m.group(4)
+        total_us += self_us
+        packages.add(name.split(".")[0])
+        if len(indent) <= 1:
+            top.append((cumulative_us, name))
+    return total_us / 1000, packages, sorted(top, reverse=True)[:5]
+
+
+def bench_startup(report: Report, repeat: int) -> None:
+    print("\n## Start-up: python -X importtime (sum of every module's own import time)")
+    with FakeCoderd(provisioner_delay=0.0) as fake:
+        env = coderd_env(fake)
+        run_job(["bootstrap-admin"], env)
+        with tempfile.TemporaryDirectory() as tmp:
+            kube = FakeKube().start()
+            try:
+                kube_env = {"KUBECONFIG": kube.kubeconfig(Path(tmp) / "kubeconfig", namespace="coder"),
+                            "POD_NAMESPACE": "coder"}
+                kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-id"},
+                                             "data": {"value": base64.b64encode(b"Iv1.x").decode()}})
+                kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-secret"},
+                                             "data": {"value": base64.b64encode(b"0123456789abcdef").decode()}})
+                cases = [
+                    ("coder-jobs --help", ["--help"], {}, False),
+                    ("bootstrap-admin (converged coderd)", ["bootstrap-admin"], env, False),
+                    ("reap (no REAP_WORKSPACE_NAMESPACE)", ["reap"], {"CODER_URL": fake.url,
+                                                                       "CODER_SESSION_TOKEN": fake.token_for("platform-admin")}, False),
+                    ("sync-external-auth (for contrast)", ["sync-external-auth"], kube_env, True),
+                ]
+                for title, args, case_env, needs_kube in cases:
+                    totals, walls, packages, top = [], [], set(), []
+                    for _ in range(repeat):
+                        wall, proc = run_job(args, case_env, python_flags=("-X", "importtime"))
+                        total_ms, packages, top = import_profile(proc.stderr)
+                        totals.append(total_ms)
+                        walls.append(wall)
+                    imported = "kubernetes" in packages
+                    verdict = "imported" if imported else "not imported"
+                    ok = imported == needs_kube
+                    print(f"  {title}: imports {statistics.median(totals):.0f} ms, process {statistics.median(walls):.2f} s,"
+                          f" kubernetes {verdict} {'✓' if ok else '✗ (must not be)'}")
+                    print("    largest: " + ", ".join(f"{name} {us / 1000:.0f} ms" for us, name in top))
+                    report.add("Start-up", f"{title}: import time / process wall",
+                               f"{statistics.median(totals):.0f} ms / {statistics.median(walls):.2f} s")
+                    report.add("Start-up", f"{title}: `kubernetes` imported", "yes" if imported else "no",
+                               "yes" if needs_kube else "no", ok)
+            finally:
+                kube.stop()
+
+
+# ---------------------------------------------------------------------------- reaper at scale
+
+
+def reap_once(n: int) -> tuple[float, float, int, dict, float]:
+    """Seed n workspaces, run one real reap pass: (wall s, peak RSS KiB, list requests, summary, seeding s)."""
+    with FakeCoderd() as fake:
+        fake.create_user("admin", password="Bench-Passw0rd-7x!")
+        now = datetime.fromtimestamp(fake.now(), tz=timezone.utc)
+        specs = reap_scale.specs_for(n, now, random.Random(n))
+        for owner in sorted({s["owner"] for s in specs}):
+            fake.create_user(owner, roles=())
+        t0 = time.perf_counter()
+        fake.seed_workspaces(specs)
+        seed_s = time.perf_counter() - t0
+        env = clean_env({"CODER_URL": fake.url, "CODER_SESSION_TOKEN": fake.token_for("admin"),
+                         "REAP_MAX_STOPS": "20", "REAP_MAX_RUNNING_PER_USER": "4", "CODER_READY_TIMEOUT": "30"})
+        fake.clear_log()
+        wall, peak_kib, summary, _lines = reap_scale.run_reap(env)
+        lists = len(fake.requests("GET", r"^/api/v2/workspaces$"))
+    return wall, peak_kib, lists, summary, seed_s
+
+
+def bench_reap(report: Report, sizes: list[int]) -> None:
+    print("\n## Reaper at scale (benchmarks/reap_scale.py's mix: 40% running, a quarter of those idle;"
+          " REAP_MAX_STOPS=20, REAP_MAX_RUNNING_PER_USER=4)")
+    base_wall, base_kib, *_ = reap_once(0)
+    print(f"  fixed cost (0 workspaces): {base_wall:.2f} s, {base_kib / 1024:.1f} MiB peak RSS")
+    print("  marginal = (wall - wall of the previous size) / (size - previous size); the first size is measured"
+          " against 0 workspaces and also carries the 20 stops (a re-read and a POST each)")
+    print(f"  {'size':>7} {'seed_s':>7} {'wall_s':>7} {'peak_MiB':>9} {'lists':>6} {'scanned':>8} {'stopped':>7}"
+          f" {'marg_us/ws':>10} {'KiB/ws':>7} {'lists/1k':>8}")
+    prev_n, prev_wall, marginals = 0, base_wall, []
+    for n in sizes:
+        wall, peak_kib, lists, summary, seed_s = reap_once(n)
+        marginal = max(wall - prev_wall, 0.0) / (n - prev_n) * 1e6
+        marginals.append(marginal)
+        kib_ws = max(peak_kib - base_kib, 0) / n
+        print(f"  {n:>7} {seed_s:>7.1f} {wall:>7.2f} {peak_kib / 1024:>9.1f} {lists:>6} {summary.get('scanned', 0):>8}"
+              f" {summary.get('stopped', 0):>7} {marginal:>10.1f} {kib_ws:>7.2f} {lists / n * 1000:>8.2f}", flush=True)
+        report.add("Reaper", f"{n:,} workspaces: wall / peak RSS / list requests",
+                   f"{wall:.2f} s / {peak_kib / 1024:.0f} MiB / {lists}")
+        report.add("Reaper", f"{n:,} workspaces: marginal time per workspace (from {prev_n:,})", f"{marginal:.0f} µs")
+        prev_n, prev_wall = n, wall
+    if len(marginals) >= 3:
+        ratio = marginals[-1] / marginals[-2] if marginals[-2] else float("inf")
+        report.add("Reaper", f"linearity: marginal cost {sizes[-2]:,}→{sizes[-1]:,} vs {sizes[-3]:,}→{sizes[-2]:,}",
+                   f"{ratio:.2f}×", "≈1× (linear)", 0.5 <= ratio <= 2.0)
+    report.add("Reaper", "memory", f"{base_kib / 1024:.0f} MiB with 0 workspaces; bounded by the page "
+               "(REAP_PAGE_SIZE), not the total", "flat")
+
+
+# ---------------------------------------------------------------------------- republish
+
+
+def job_waits(fake: FakeCoderd) -> float:
+    """Seconds between each POST /templateversions and the poll that first saw its job finished."""
+    with fake.lock:
+        log = list(fake.log)
+    total = 0.0
+    for i, r in enumerate(log):
+        if r.method == "POST" and r.path.endswith("/templateversions") and r.status == 201:
+            vid = r.response["id"]
+            for later in log[i + 1:]:
+                if later.method == "GET" and later.path == f"/api/v2/templateversions/{vid}" and later.status == 200 \
+                        and later.response["job"]["status"] in ("succeeded", "failed", "canceled"):
+                    total += later.time - r.time
+                    break
+    return total
+
+
+def bench_republish(report: Report, repeat: int) -> None:
+    print("\n## Republish (provisioner_delay=0: the fake builds at once; job wait = POST version -> poll saw it done)")
+    for title, edit in (("fresh publish of both templates", False), ("one-file change", True)):
+        walls, waits, routes = [], [], Counter()
+        for _ in range(repeat):
+            with FakeCoderd(provisioner_delay=0.0) as fake, tempfile.TemporaryDirectory() as tmp:
+                templates = Path(tmp) / "coder-templates"
+                shutil.copytree(TEMPLATES_DIR, templates)
+                env = coderd_env(fake, templates)
+                fake.create_user("platform-admin", ADMIN["CODER_ADMIN_EMAIL"], ADMIN["CODER_ADMIN_PASSWORD"])
+                if edit:
+                    run_job(["republish-templates"], env)
+                    main_tf = templates / "ameide-dev" / "main.tf"
+                    main_tf.write_text(main_tf.read_text() + "\n# bench edit\n")
+                fake.clear_log()
+                wall, _proc = run_job(["republish-templates"], env)
+                walls.append(wall)
+                waits.append(job_waits(fake))
+                routes = by_route(fake)
+        print_routes(title, routes)
+        print(f"  wall: {median_wall(walls)}; of which waiting for provisioner jobs: {statistics.median(waits):.2f} s")
+        report.add("Republish", f"{title}: Coder API requests", f"{sum(routes.values())} "
+                   f"({sum(n for r, n in routes.items() if not r.startswith('GET'))} writes incl. login)")
+        report.add("Republish", f"{title}: wall (provisioner delay 0) / waiting on jobs",
+                   f"{statistics.median(walls):.2f} s / {statistics.median(waits):.2f} s")
+
+
+# ---------------------------------------------------------------------------- machine and table
+
+
+def machine() -> list[str]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or "unknown"
+    mem = "unknown"
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal"):
+                mem = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
+    except OSError:
+        pass
+    return [f"nproc: {os.cpu_count()}", f"CPU: {cpu}", f"memory: {mem}",
+            f"Python: {platform.python_version()} ({platform.python_implementation()})", f"OS: {platform.platform()}"]
+
+
+def print_table(report: Report) -> None:
+    print("\n## Results\n")
+    print("| Benchmark | Figure | Result | Goal |")
+    print("|---|---|---|---|")
+    for r in report.rows:
+        goal = f"{r.goal} {'✓' if r.ok else '✗' if r.ok is False else ''}".strip() if r.goal else ""
+        print(f"| {r.section} | {r.figure} | {r.value} | {goal} |")
+    print("\nMachine: " + "; ".join(machine()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.split("\n\n")[0])
+    p.add_argument("--quick", action="store_true", help="reaper at 1,000 and 5,000 only, one run per figure")
+    p.add_argument("--reap-sizes", help="comma list of reaper sizes (default 1000,10000,50000; --quick 1000,5000)")
+    p.add_argument("--repeat", type=int, help="runs per figure, median printed (default 3; --quick 1)")
+    p.add_argument("--only", help="comma list of sections: noop,startup,reap,republish")
+    args = p.parse_args(argv)
+    sizes = [int(s) for s in (args.reap_sizes or ("1000,5000" if args.quick else "1000,10000,50000")).split(",")]
+    repeat = args.repeat or (1 if args.quick else 3)
+    sections = set((args.only or "noop,startup,reap,republish").split(","))
+    report = Report()
+    started = time.perf_counter()
+    if "noop" in sections:
+        bench_noop(report, repeat)
+    if "startup" in sections:
+        bench_startup(report, repeat)
+    if "reap" in sections:
+        bench_reap(report, sizes)
+    if "republish" in sections:
+        bench_republish(report, repeat)
+    print_table(report)
+    print(f"\n(benchmarks took {time.perf_counter() - started:.0f} s)")
+    for r in report.failed:
+        print(f"GOAL MISSED: {r.section}: {r.figure} = {r.value} (goal {r.goal})", file=sys.stderr)
+    return 1 if report.failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
