@@ -54,6 +54,12 @@ class CoderSettings(JobSettings):
     coder_ready_timeout: float = Field(300.0, gt=0, le=86400, description="Seconds to wait for coderd to answer")
     coder_request_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one HTTP request")
 
+    @field_validator("coder_admin_email")
+    @classmethod
+    def _login_email(cls, value: str | None) -> str | None:
+        # coderd's login validates the email format too: fail here (exit 2), not at login (exit 1).
+        return value if value is None else _check(value, validation.email_problem(value))
+
     @classmethod
     def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
         if raw.get("CODER_SESSION_TOKEN"):

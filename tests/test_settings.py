@@ -61,3 +61,11 @@ def test_any_environment_ends_in_settings_or_a_config_error(monkeypatch, env, cl
     finally:
         for name in env:
             monkeypatch.delenv(name, raising=False)
+
+
+def test_a_malformed_login_email_is_exit_2_for_every_coder_job(monkeypatch):
+    monkeypatch.setenv("CODER_URL", "http://c")
+    monkeypatch.setenv("CODER_ADMIN_EMAIL", "admin@localhost")
+    monkeypatch.setenv("CODER_ADMIN_PASSWORD", "x" * 20)
+    with pytest.raises(ConfigError, match="CODER_ADMIN_EMAIL"):
+        s.load(s.ReapSettings)
