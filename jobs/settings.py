@@ -7,6 +7,7 @@ what is wrong with it, so a bad password can be reported without being printed.
 from __future__ import annotations
 
 import os
+import re
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal, Mapping
@@ -17,6 +18,9 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from jobs import validation
 from jobs.durations import parse_duration
 from jobs.errors import ConfigError
+
+
+_TOKEN = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9]+$")
 
 
 def _check(value: Any, problem: str | None) -> Any:
@@ -53,6 +57,15 @@ class CoderSettings(JobSettings):
     coder_organization: str = Field("default", description="Organization name or id (`default` = the default org)")
     coder_ready_timeout: float = Field(300.0, gt=0, le=86400, description="Seconds to wait for coderd to answer")
     coder_request_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one HTTP request")
+
+    @field_validator("coder_session_token")
+    @classmethod
+    def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
+        # coderd's format is <id>-<secret> (BEHAVIOR.md §1); anything else would be a 401 later,
+        # or not even sendable as a header.
+        if value is not None and not _TOKEN.match(value.get_secret_value()):
+            raise ValueError("is not a Coder API token (expected <id>-<secret>, letters and digits)")
+        return value
 
     @field_validator("coder_admin_email")
     @classmethod

@@ -33,7 +33,7 @@ def test_every_offending_variable_is_listed_in_one_error(monkeypatch):
 
 def test_flags_override_environment(monkeypatch):
     monkeypatch.setenv("CODER_URL", "http://from-env:1")
-    monkeypatch.setenv("CODER_SESSION_TOKEN", "x" * 10)
+    monkeypatch.setenv("CODER_SESSION_TOKEN", "abcdefghij-0123456789abcdefghijkl")
     loaded = s.load(s.CoderSettings, {"coder_url": "http://from-flag:2"})
     assert str(loaded.coder_url).startswith("http://from-flag:2")
 
@@ -69,3 +69,12 @@ def test_a_malformed_login_email_is_exit_2_for_every_coder_job(monkeypatch):
     monkeypatch.setenv("CODER_ADMIN_PASSWORD", "x" * 20)
     with pytest.raises(ConfigError, match="CODER_ADMIN_EMAIL"):
         s.load(s.ReapSettings)
+
+
+@pytest.mark.parametrize("token", ["\x80", "has space-abc", "Bearer abc", "nodash"])
+def test_a_session_token_that_is_not_coders_shape_is_exit_2_without_the_value(monkeypatch, token):
+    monkeypatch.setenv("CODER_URL", "http://c")
+    monkeypatch.setenv("CODER_SESSION_TOKEN", token)
+    with pytest.raises(ConfigError, match="CODER_SESSION_TOKEN") as err:
+        s.load(s.CoderSettings)
+    assert token not in str(err.value)
