@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -92,6 +93,14 @@ def admin_env(coderd):
         "CODER_ADMIN_NAME": "Platform Admin",
         "CODER_READY_TIMEOUT": "20",
     }
+
+
+@pytest.fixture
+def templates(tmp_path):
+    """A private copy of the chart's templates, so a test may edit them."""
+    root = tmp_path / "coder-templates"
+    shutil.copytree(TEMPLATES_DIR, root)
+    return root
 
 
 @pytest.fixture

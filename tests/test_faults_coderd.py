@@ -47,7 +47,6 @@ from tests.test_faults_common import (  # noqa: F401  (fixtures)
     start_job,
     stop_builds,
     template_state,
-    templates,
     terminate,
     wait_until,
     with_admin,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,7 +22,7 @@ import pytest
 from fakes import base
 from fakes.base import FakeServer, Record
 from fakes.coderd import FakeCoderd
-from tests.conftest import CANARY_PASSWORD, REPO, TEMPLATES_DIR, Result, parse_events
+from tests.conftest import CANARY_PASSWORD, REPO, Result, parse_events
 
 TEMPLATES = ("ameide-dev", "ameide-gitops")
 CODER_JOBS = ("bootstrap-admin", "republish-templates", "recover", "reap")
@@ -34,14 +33,6 @@ M = timedelta(minutes=1)
 
 
 # ---------------------------------------------------------------------------- environment
-
-
-@pytest.fixture
-def templates(tmp_path):
-    """A private copy of the chart's templates, so a test may edit one."""
-    root = tmp_path / "coder-templates"
-    shutil.copytree(TEMPLATES_DIR, root)
-    return root
 
 
 @pytest.fixture

@@ -3,23 +3,14 @@
 from __future__ import annotations
 
 import io
-import shutil
 import tarfile
 
 import pytest
 
 from fakes.coderd import FakeCoderd
-from tests.conftest import CANARY_PASSWORD, TEMPLATES_DIR, assert_no_secret, coder_writes, run_job
+from tests.conftest import CANARY_PASSWORD, assert_no_secret, coder_writes, run_job
 
 TEMPLATES = ("ameide-dev", "ameide-gitops")
-
-
-@pytest.fixture
-def templates(tmp_path):
-    """A private copy of the chart's templates, so a test may edit them."""
-    root = tmp_path / "coder-templates"
-    shutil.copytree(TEMPLATES_DIR, root)
-    return root
 
 
 @pytest.fixture
