@@ -26,11 +26,7 @@ ROUTES_THE_JOBS_USE = {
 }
 
 
-def test_a_whole_lifecycle_conforms_to_coders_swagger(coderd, templates_env, tmp_path):
-    import shutil
-
-    templates = tmp_path / "t"
-    shutil.copytree(templates_env["TEMPLATES_DIR"], templates)
+def test_a_whole_lifecycle_conforms_to_coders_swagger(coderd, templates_env, templates):
     env = {**templates_env, "TEMPLATES_DIR": str(templates)}
 
     assert run_job("bootstrap-admin", env=env).rc == 0
