@@ -59,7 +59,7 @@ class StubClient:
 
 
 def reaper(client, dry_run=False, **env):
-    settings = ReapSettings(coder_url="http://x", coder_session_token="t", reap_page_size=2, **env)
+    settings = ReapSettings(coder_url="http://x", coder_session_token="abcdefghij-0123456789abcdefghijkl", reap_page_size=2, **env)
     return Reaper(client, settings, Policy(2 * H), RunContext(dry_run=dry_run, log=Log()))
 
 
