@@ -173,8 +173,19 @@ def _env(template: str) -> dict[str, str]:
     env: dict[str, str] = {}
     for entry in _container(template).get("env", []):
         assert entry["name"] not in env, f"duplicate env {entry['name']}"
-        env[entry["name"]] = entry["value"]
+        if "value_from" in entry:
+            ref = _one(_one(entry["value_from"], "value_from")["secret_key_ref"], "secret_key_ref")
+            env[entry["name"]] = f"secret:{ref['name']}/{ref['key']}"
+        else:
+            env[entry["name"]] = entry["value"]
     return env
+
+
+CREDENTIALS_SECRET = "secret:${kubernetes_secret.credentials[0].metadata[0].name}"
+
+
+def _credentials(template: str) -> dict[str, str]:
+    return _workspace_module(template).resource("kubernetes_secret", "credentials")["data"]
 
 
 def _script(template: str, name: str) -> tuple[dict, str]:
@@ -314,7 +325,8 @@ def test_workspace_is_built_by_envbuilder_from_the_coder_devcontainer(template):
 def test_envbuilder_execs_the_coder_agent(template):
     env = _env(template)
     assert env["ENVBUILDER_INIT_SCRIPT"] == "${coder_agent.main.init_script}"
-    assert env["CODER_AGENT_TOKEN"] == "${coder_agent.main.token}"
+    assert env["CODER_AGENT_TOKEN"] == f"{CREDENTIALS_SECRET}/CODER_AGENT_TOKEN"
+    assert _credentials(template)["CODER_AGENT_TOKEN"] == "${coder_agent.main.token}"
     # The fallback image is optional: only set when the variable is non-empty.
     (fallback,) = _dynamic(_container(template), "env")
     assert "var.fallback_image" in fallback["for_each"]
@@ -328,7 +340,18 @@ def test_workspace_clones_with_the_developers_own_github_token(template):
     assert module.data[("coder_external_auth", "github")]["id"] == "github"
     env = _env(template)
     assert env["ENVBUILDER_GIT_USERNAME"] == "x-access-token"
-    assert env["ENVBUILDER_GIT_PASSWORD"] == "${data.coder_external_auth.github.access_token}"
+    assert env["ENVBUILDER_GIT_PASSWORD"] == f"{CREDENTIALS_SECRET}/ENVBUILDER_GIT_PASSWORD"
+    assert _credentials(template)["ENVBUILDER_GIT_PASSWORD"] == "${data.coder_external_auth.github.access_token}"
+
+
+@templates
+def test_no_credential_is_readable_from_the_pod_or_deployment_spec(template):
+    """Workspace service accounts may read Deployments and Pods in the namespace, not Secrets:
+    tokens must be secretKeyRefs, never env values another developer's kubectl could see."""
+    for name, value in _env(template).items():
+        assert "access_token" not in value and "agent.main.token" not in value, name
+    secret = _workspace_module(template).resource("kubernetes_secret", "credentials")
+    assert secret["count"] == "${data.coder_workspace.me.start_count}"
 
 
 @templates
@@ -394,8 +417,9 @@ def test_workspace_uses_the_charts_service_account_with_a_token_for_kubectl(temp
         assert not rtype.startswith(("kubernetes_service_account", "kubernetes_role", "kubernetes_cluster_role")), (
             "the service account and its RBAC come from the Helm chart"
         )
-    for rtype, _ in list(module.resources) + list(module.data):
-        assert not rtype.startswith("kubernetes_secret"), "the template must not read or create secrets"
+    # The only Secret is the workspace's own credentials (written by the provisioner, never read back).
+    assert [r for r in module.resources if r[0].startswith("kubernetes_secret")] == [("kubernetes_secret", "credentials")]
+    assert not [d for d in module.data if d[0].startswith("kubernetes_secret")], "the template must not read secrets"
 
 
 @templates
@@ -525,7 +549,8 @@ def test_no_secret_literals_in_the_template(template):
             assert match is None, f"secret-looking literal {match.group(0)!r} in {path}"
     for name, value in _env(template).items():
         if re.search(r"PASSWORD|TOKEN|SECRET", name):
-            assert value.startswith("${") and value.endswith("}"), f"{name} must come from a reference"
+            assert value.startswith(CREDENTIALS_SECRET) or (value.startswith("${") and value.endswith("}")), (
+                f"{name} must come from a reference")
 
 
 # --------------------------------------------------------------------------

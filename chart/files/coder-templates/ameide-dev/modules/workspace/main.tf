@@ -44,6 +44,25 @@ locals {
   codex_auth_mount = "/var/run/codex-auth"
 }
 
+# The developer's GitHub token and the agent token live in a Secret, referenced by name:
+# every workspace's service account may read Deployments and Pods in this namespace (kubectl
+# inside the workspace), and must not read another developer's credentials from their env.
+# The workspace service account has no access to Secrets.
+resource "kubernetes_secret" "credentials" {
+  count = data.coder_workspace.me.start_count
+
+  metadata {
+    name      = "${local.name}-credentials"
+    namespace = var.namespace
+    labels    = local.labels
+  }
+
+  data = {
+    ENVBUILDER_GIT_PASSWORD = data.coder_external_auth.github.access_token
+    CODER_AGENT_TOKEN       = coder_agent.main.token
+  }
+}
+
 resource "kubernetes_deployment" "workspace" {
   count            = data.coder_workspace.me.start_count
   wait_for_rollout = false
@@ -103,8 +122,13 @@ resource "kubernetes_deployment" "workspace" {
             value = "x-access-token"
           }
           env {
-            name  = "ENVBUILDER_GIT_PASSWORD"
-            value = data.coder_external_auth.github.access_token
+            name = "ENVBUILDER_GIT_PASSWORD"
+            value_from {
+              secret_key_ref {
+                name = kubernetes_secret.credentials[0].metadata[0].name
+                key  = "ENVBUILDER_GIT_PASSWORD"
+              }
+            }
           }
           env {
             name  = "ENVBUILDER_DEVCONTAINER_DIR"
@@ -130,8 +154,13 @@ resource "kubernetes_deployment" "workspace" {
             value = data.coder_workspace.me.access_url
           }
           env {
-            name  = "CODER_AGENT_TOKEN"
-            value = coder_agent.main.token
+            name = "CODER_AGENT_TOKEN"
+            value_from {
+              secret_key_ref {
+                name = kubernetes_secret.credentials[0].metadata[0].name
+                key  = "CODER_AGENT_TOKEN"
+              }
+            }
           }
           env {
             name  = "WORKSPACE_NAMESPACE"
