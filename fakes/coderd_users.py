@@ -181,10 +181,7 @@ class UsersMixin:
         email, username = body.get("email", ""), body.get("username", "")
         name, password = body.get("name", ""), body.get("password", "")
         errors: list[tuple[str, str, Any]] = []
-        if not email:
-            errors.append(("email", "required", ""))
-        elif not email_valid(email):
-            errors.append(("email", "email", email))
+        errors.extend(_email_errors(email))
         if not username:
             errors.append(("username", "required", ""))
         elif not name_valid(username):
@@ -233,10 +230,7 @@ class UsersMixin:
         body = read_json(req, {"email": "str", "password": "str"})
         email, password = body.get("email", ""), body.get("password", "")
         errors: list[tuple[str, str, Any]] = []
-        if not email:
-            errors.append(("email", "required", ""))
-        elif not email_valid(email):
-            errors.append(("email", "email", email))
+        errors.extend(_email_errors(email))
         if not password:
             errors.append(("password", "required", ""))
         if errors:
@@ -395,3 +389,10 @@ class UsersMixin:
                 return not_found()
             del self.keys[k["id"]]
         return Response(204)
+
+
+def _email_errors(email: str) -> list[tuple[str, str, Any]]:
+    """go-playground's `required,email` tags, as coderd's request structs declare them."""
+    if not email:
+        return [("email", "required", "")]
+    return [] if email_valid(email) else [("email", "email", email)]

@@ -461,22 +461,28 @@ class WorkspacesMixin:
         if b.transition == "delete":
             ws.deleted = True
 
+    def _readable_build(self: "FakeCoderd", req: Request, ctx: "Ctx") -> tuple[Any, Any] | Response:
+        bid = req.params["workspacebuild"]
+        b = self.builds.get(norm_uuid(bid)) if is_uuid(bid) else None
+        ws = self.workspaces.get(b.workspace_id) if b else None
+        if b is None or ws is None or not self._ws_readable(ws, ctx):
+            return not_found()
+        return ws, b
+
     def _get_build(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
         with self.lock:
-            bid = req.params["workspacebuild"]
-            b = self.builds.get(norm_uuid(bid)) if is_uuid(bid) else None
-            ws = self.workspaces.get(b.workspace_id) if b else None
-            if b is None or ws is None or not self._ws_readable(ws, ctx):
-                return not_found()
+            found = self._readable_build(req, ctx)
+            if isinstance(found, Response):
+                return found
+            ws, b = found
             return Response(200, self._build_json(ws, b))
 
     def _get_build_logs(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
         with self.lock:
-            bid = req.params["workspacebuild"]
-            b = self.builds.get(norm_uuid(bid)) if is_uuid(bid) else None
-            ws = self.workspaces.get(b.workspace_id) if b else None
-            if b is None or ws is None or not self._ws_readable(ws, ctx):
-                return not_found()
+            found = self._readable_build(req, ctx)
+            if isinstance(found, Response):
+                return found
+            ws, b = found
             job = b.job
         return self._job_logs(req, job)
 
