@@ -10,6 +10,7 @@ import json
 import random
 import re
 import socket
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,8 @@ class Faults:
     rate_limited: int = 0  # the next N requests get 429
     retry_after: int = 1
     reset_next: int = 0  # the next N requests get their connection dropped
+    refuse_next: int = 0  # the next N connections are dropped at accept, before a byte is read
+    unavailable_next: int = 0  # then the next N requests get 503
     only_paths: str | None = None  # regex: faults apply only to matching paths
     rng: random.Random = field(default_factory=lambda: random.Random(0))
 
@@ -165,7 +168,8 @@ class FakeServer:
         class _Handler(_RequestHandler):
             server_fake = fake
 
-        httpd = ThreadingHTTPServer(("127.0.0.1", self._port), _Handler)
+        httpd = _Server(("127.0.0.1", self._port), _Handler)
+        httpd.fake = self
         httpd.daemon_threads = True
         self._port = httpd.server_address[1]
         self._httpd = httpd
@@ -194,6 +198,14 @@ class FakeServer:
             self._reopen_timer = threading.Timer(seconds, reopen)
             self._reopen_timer.daemon = True
             self._reopen_timer.start()
+
+    def down_for_requests(self, refuse: int = 0, unavailable: int = 0) -> None:
+        """An outage counted in requests, not seconds, so a slow machine cannot miss it:
+        the next `refuse` connections are dropped at accept (to the client, a server that is
+        not there), then the next `unavailable` requests get 503."""
+        with self.lock:
+            self.faults.refuse_next = refuse
+            self.faults.unavailable_next = unavailable
 
     def random_errors(self, rate: float, seed: int = 0, statuses: tuple[int, ...] = (500, 502, 503, 504)) -> None:
         with self.lock:
@@ -230,6 +242,9 @@ class FakeServer:
                 return None
             if f.unavailable_until and time.monotonic() < f.unavailable_until and f.unavailable_mode == "503":
                 return Response(503, "upstream connect error", content_type="text/plain")
+            if f.unavailable_next > 0:
+                f.unavailable_next -= 1
+                return Response(503, "upstream connect error", content_type="text/plain")
             if f.reset_next > 0:
                 f.reset_next -= 1
                 return "reset"
@@ -254,6 +269,19 @@ class FakeServer:
                 request.params = m.groupdict()
                 return fn(request), name
         return self.not_found(request), "unmatched"
+
+
+class _Server(ThreadingHTTPServer):
+    fake: FakeServer
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        with self.fake.lock:
+            if self.fake.faults.refuse_next <= 0:
+                return True
+            self.fake.faults.refuse_next -= 1
+        # RST at once (linger 0), as close as user space gets to a closed port.
+        request.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        return False
 
 
 class _RequestHandler(BaseHTTPRequestHandler):

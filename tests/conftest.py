@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -137,16 +138,49 @@ def coderd_conformance(request):
     assert not problems, "exchanges that do not match Coder's swagger.json:\n" + "\n".join(problems[:30])
 
 
-@pytest.fixture(scope="module")
-def kube_server():
-    from fakes.kube import FakeKube
+# ---------------------------------------------------------------- the real Kubernetes API server
 
-    with FakeKube() as fake:
-        yield fake
+
+def pytest_configure(config):
+    # xdist workers inherit the environment: each writes what its server took to start here,
+    # and the controller prints it at the end (a worker's own output is not shown).
+    if not hasattr(config, "workerinput"):
+        os.environ["CODER_JOBS_KUBE_REPORT"] = tempfile.mkdtemp(prefix="coder-jobs-kube-report-")
+
+
+def pytest_terminal_summary(terminalreporter):
+    report = Path(os.environ.get("CODER_JOBS_KUBE_REPORT", "/nonexistent"))
+    lines = sorted(p.read_text().strip() for p in report.glob("*.txt")) if report.is_dir() else []
+    for line in lines:
+        terminalreporter.write_line(line)
+
+
+@pytest.fixture(scope="session")
+def kube_apiserver(worker_id):
+    """The real kube-apiserver (built on first use, cached), one per test process."""
+    from tests.kube import server
+
+    built = server.build()
+    srv = server.KubeAPIServer().start()
+    v = server.versions()
+    line = (f"kube-apiserver {v['kube-apiserver']} + etcd {v['etcd']} (real, built from the Go module proxy): "
+            f"{built.describe()}; started in {srv.start_seconds:.1f} s ({worker_id})")
+    report = Path(os.environ.get("CODER_JOBS_KUBE_REPORT", tempfile.gettempdir()))
+    (report / f"{worker_id}.txt").write_text(line + "\n")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(kube_apiserver):
+    from tests.kube.cluster import Cluster
+
+    cluster = Cluster(kube_apiserver)
+    yield cluster
+    cluster.proxy.stop()
 
 
 @pytest.fixture
-def kube(kube_server):
-    """A Kubernetes API fake, emptied for each test (one server per module: starting is the slow part)."""
-    kube_server.reset()
-    return kube_server
+def kube(kube_cluster):
+    """The real Kubernetes API server, with the test namespaces emptied, no faults and an empty log."""
+    return kube_cluster.reset()

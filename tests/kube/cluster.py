@@ -1,0 +1,267 @@
+"""What tests see of the real Kubernetes API server: seed and read objects, hand out
+kubeconfigs (as cluster-admin or as a ServiceAccount), count requests, inject faults.
+
+Seeding and reading go straight to the server as cluster-admin; the jobs' kubeconfigs
+point at the fault proxy, whose request log is what `requests()` / `writes()` show. The
+server's own audit log is `audit()`.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from tests.kube.proxy import FaultProxy
+from tests.kube.server import KubeAPIServer
+
+Obj = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Kind:
+    plural: str
+    group_version: str  # "v1", "apps/v1"
+    namespaced: bool = True
+
+    def collection(self, namespace: str | None) -> str:
+        prefix = f"/api/{self.group_version}" if "/" not in self.group_version else f"/apis/{self.group_version}"
+        return f"{prefix}/namespaces/{namespace}/{self.plural}" if self.namespaced and namespace else f"{prefix}/{self.plural}"
+
+
+KINDS = {
+    "secret": Kind("secrets", "v1"),
+    "configmap": Kind("configmaps", "v1"),
+    "event": Kind("events", "v1"),
+    "resourcequota": Kind("resourcequotas", "v1"),
+    "limitrange": Kind("limitranges", "v1"),
+    "pod": Kind("pods", "v1"),
+    "serviceaccount": Kind("serviceaccounts", "v1"),
+    "deployment": Kind("deployments", "apps/v1"),
+    "job": Kind("jobs", "batch/v1"),
+    "cronjob": Kind("cronjobs", "batch/v1"),
+    "role": Kind("roles", "rbac.authorization.k8s.io/v1"),
+    "rolebinding": Kind("rolebindings", "rbac.authorization.k8s.io/v1"),
+    "networkpolicy": Kind("networkpolicies", "networking.k8s.io/v1"),
+    "namespace": Kind("namespaces", "v1", namespaced=False),
+}
+# What `reset()` empties between tests, in an order that deletes dependants first.
+RESET_KINDS = ("pod", "deployment", "job", "cronjob", "secret", "configmap", "event", "resourcequota",
+               "limitrange", "role", "rolebinding", "networkpolicy")
+TEST_NAMESPACES = ("coder", "coder-workspaces")
+RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
+
+
+def kind_of(name: str) -> Kind:
+    key = name.lower().removesuffix("s") if name.lower() not in KINDS else name.lower()
+    key = {"networkpolicie": "networkpolicy"}.get(key, key)
+    return KINDS[key]
+
+
+class KubeError(Exception):
+    def __init__(self, response: httpx.Response) -> None:
+        try:
+            body = response.json()
+        except ValueError:
+            body = {"message": response.text}
+        self.status = response.status_code
+        self.reason = body.get("reason", "")
+        self.body = body
+        super().__init__(f"HTTP {response.status_code} {self.reason}: {body.get('message', '')}")
+
+
+class Cluster:
+    def __init__(self, server: KubeAPIServer) -> None:
+        self.server = server
+        self.proxy = FaultProxy(server.port, server.ca).start()
+        self.http = server.admin()
+        self.namespaces: set[str] = set()
+        self._audit_mark = server.audit_mark()
+
+    # ------------------------------------------------------------------ state
+
+    def reset(self) -> "Cluster":
+        """A fresh API state for the next test: no faults, an empty log, and the test
+        namespaces present and empty (there is no namespace controller to delete them)."""
+        self.proxy.clear_faults()
+        self.proxy.clear_log()
+        for ns in sorted(self.namespaces | set(TEST_NAMESPACES)):
+            self.ensure_namespace(ns)
+            for kind in RESET_KINDS:
+                self._check(self.http.delete(KINDS[kind].collection(ns), params={"gracePeriodSeconds": "0"}))
+            for sa in self.objects("serviceaccount", ns):
+                if sa["metadata"]["name"] != "default":
+                    self.delete_object("serviceaccount", ns, sa["metadata"]["name"])
+        self._audit_mark = self.server.audit_mark()
+        return self
+
+    def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> Obj:
+        """The namespace, with its `default` ServiceAccount (a controller's job on a real cluster)."""
+        self.namespaces.add(name)
+        ns = self.get_object("namespace", None, name)
+        if ns is None:
+            ns = self.create("namespace", None, {"metadata": {"name": name, "labels": dict(labels or {})}})
+        elif labels and any(ns["metadata"].get("labels", {}).get(k) != v for k, v in labels.items()):
+            ns["metadata"].setdefault("labels", {}).update(labels)
+            ns = self._check(self.http.put(f"/api/v1/namespaces/{name}", json=ns)).json()
+        if self.get_object("serviceaccount", name, "default") is None:
+            self.create("serviceaccount", name, {"metadata": {"name": "default"}})
+        return ns
+
+    # ------------------------------------------------------------------ objects (as cluster-admin)
+
+    def _check(self, response: httpx.Response) -> httpx.Response:
+        if response.status_code >= 400:
+            raise KubeError(response)
+        return response
+
+    def _path(self, kind: str, namespace: str | None, name: str | None = None) -> str:
+        base = kind_of(kind).collection(namespace)
+        return f"{base}/{name}" if name else base
+
+    def create(self, kind: str, namespace: str | None, obj: Obj) -> Obj:
+        return self._check(self.http.post(self._path(kind, namespace), json=self._typed(kind, obj))).json()
+
+    def put(self, kind: str, namespace: str | None, obj: Obj) -> Obj:
+        """Create the object, or replace it whole (whatever the server holds now)."""
+        if namespace:
+            self.ensure_namespace(namespace)
+        name = obj["metadata"]["name"]
+        current = self.get_object(kind, namespace, name)
+        if current is None:
+            return self.create(kind, namespace, obj)
+        body = self._typed(kind, obj)
+        body["metadata"] = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
+        return self._check(self.http.put(self._path(kind, namespace, name), json=body)).json()
+
+    def patch(self, kind: str, namespace: str | None, name: str, patch: Obj) -> Obj:
+        return self._check(self.http.patch(self._path(kind, namespace, name), json=patch,
+                                           headers={"Content-Type": "application/merge-patch+json"})).json()
+
+    def get_object(self, kind: str, namespace: str | None, name: str) -> Obj | None:
+        r = self.http.get(self._path(kind, namespace, name))
+        return None if r.status_code == 404 else self._check(r).json()
+
+    def delete_object(self, kind: str, namespace: str | None, name: str) -> None:
+        r = self.http.delete(self._path(kind, namespace, name), params={"gracePeriodSeconds": "0"})
+        if r.status_code != 404:
+            self._check(r)
+
+    def objects(self, kind: str, namespace: str | None = None, label_selector: str | None = None) -> list[Obj]:
+        params = {"labelSelector": label_selector} if label_selector else {}
+        return self._check(self.http.get(self._path(kind, namespace), params=params)).json()["items"]
+
+    def _typed(self, kind: str, obj: Obj) -> Obj:
+        k = kind_of(kind)
+        kind_name = {"networkpolicies": "NetworkPolicy", "resourcequotas": "ResourceQuota",
+                     "limitranges": "LimitRange", "configmaps": "ConfigMap", "serviceaccounts": "ServiceAccount",
+                     "cronjobs": "CronJob", "rolebindings": "RoleBinding"}.get(k.plural, k.plural[:-1].capitalize())
+        return {"apiVersion": k.group_version, "kind": kind_name, **obj}
+
+    def secret_data(self, namespace: str, name: str) -> dict[str, str] | None:
+        s = self.get_object("secret", namespace, name)
+        return None if s is None else {k: base64.b64decode(v).decode() for k, v in (s.get("data") or {}).items()}
+
+    def rollouts(self, namespace: str | None = None, name: str | None = None) -> list[tuple[str, str, int]]:
+        """Changes of each Deployment's spec since it was created (its generation counts them:
+        without a controller nothing else moves it); the jobs only ever change the pod template."""
+        out = []
+        for ns in ([namespace] if namespace else sorted(self.namespaces)):
+            for d in self.objects("deployment", ns):
+                if name is None or d["metadata"]["name"] == name:
+                    out += [(ns, d["metadata"]["name"], g) for g in range(2, d["metadata"]["generation"] + 1)]
+        return out
+
+    # ------------------------------------------------------------------ identities
+
+    def token_for(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
+        """A bound token of that ServiceAccount (the TokenRequest API, as the kubelet gets one)."""
+        r = self._check(self.http.post(
+            f"/api/v1/namespaces/{namespace}/serviceaccounts/{service_account}/token",
+            json={"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest",
+                  "spec": {"expirationSeconds": seconds}}))
+        return r.json()["status"]["token"]
+
+    def kubeconfig(self, path: Path | str, namespace: str = "default", token: str | None = None,
+                   direct: bool = False) -> str:
+        """A kubeconfig file through the fault proxy (or `direct` to the server, over TLS),
+        as cluster-admin unless a `token` is given."""
+        server = self.server.url if direct else self.proxy.url
+        cluster: Obj = {"server": server}
+        if direct:
+            cluster["certificate-authority"] = self.server.ca
+        config = {
+            "apiVersion": "v1", "kind": "Config", "current-context": "test",
+            "clusters": [{"name": "test", "cluster": cluster}],
+            "users": [{"name": "test", "user": {"token": token or self.server.admin_token}}],
+            "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
+        }
+        Path(path).write_text(yaml.safe_dump(config))
+        return str(path)
+
+    # ------------------------------------------------------------------ request logs and faults
+
+    @property
+    def url(self) -> str:
+        return self.proxy.url
+
+    @property
+    def faults(self):
+        return self.proxy.faults
+
+    @property
+    def log(self):
+        return self.proxy.log
+
+    def requests(self, method: str | None = None, path_regex: str | None = None):
+        return self.proxy.requests(method, path_regex)
+
+    def writes(self, path_regex: str | None = None):
+        return self.proxy.writes(path_regex)
+
+    def clear_log(self) -> None:
+        self.proxy.clear_log()
+        self._audit_mark = self.server.audit_mark()
+
+    def clear_faults(self) -> None:
+        self.proxy.clear_faults()
+
+    def fail_next(self, status: int = 500, n: int = 1, path_regex: str | None = None, method: str | None = None) -> None:
+        self.proxy.fail_next(status, n, path_regex, method)
+
+    def random_errors(self, rate: float, seed: int = 0, statuses: tuple[int, ...] = (500, 502, 503, 504)) -> None:
+        self.proxy.random_errors(rate, seed, statuses)
+
+    def down_for_requests(self, refuse: int = 0, unavailable: int = 0) -> None:
+        self.proxy.down_for_requests(refuse, unavailable)
+
+    def conflict_next(self, kind: str, name: str, n: int = 1, namespace: str | None = None) -> None:
+        """The next `n` updates (PUT/PATCH) of that object race a concurrent writer: just
+        before each is forwarded, another client changes the object (annotation
+        `test/touched`), so an update that carries the resourceVersion it read gets the
+        real server's 409 Conflict."""
+        path = re.compile(rf"/{re.escape(kind_of(kind).plural)}/{re.escape(name)}$")
+        left = [n]
+
+        def race(request) -> None:
+            if left[0] > 0 and request.method in ("PUT", "PATCH") and path.search(request.path):
+                ns = namespace or request.path.split("/namespaces/")[1].split("/")[0]
+                left[0] -= 1
+                self.patch(kind, ns, name, {"metadata": {"annotations": {"test/touched": str(n - left[0])}}})
+            return None
+
+        self.proxy.before_forward.append(race)
+
+    def audit(self, user: str | None = None) -> list[Obj]:
+        """The server's audit events since the last reset/clear_log, optionally for one user."""
+        events = self.server.audit(self._audit_mark)
+        return [e for e in events if user is None or e["user"]["username"] == user]
+
+    @staticmethod
+    def service_account_user(namespace: str, name: str) -> str:
+        return f"system:serviceaccount:{namespace}:{name}"
