@@ -309,14 +309,37 @@ def record_event(api: k8s.ApiClient, involved: ObjectRef, reason: str, message: 
 # ---------------------------------------------------------------------------- pods and quotas (the reaper)
 
 
+LIST_RESTARTS = 3
+
+
 def _list_labelled(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int) -> Iterator[Any]:
+    """Every object matching the selector, a page at a time (limit/continue). A continue token
+    can expire between pages (410 Expired, once etcd has compacted past it); the API's answer to
+    that is to list again from the start, so we do, and skip what was already yielded."""
     token: str | None = None
+    yielded: set[str] = set()
+    restarts = 0
     while True:
         kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size}
         if token:
             kwargs["_continue"] = token
-        page = _call(f"list {what} in {ns} ({label_selector})", lister, ns, safe_read=True, **kwargs)
-        yield from page.items or []
+        try:
+            page = _call(f"list {what} in {ns} ({label_selector})", lister, ns, safe_read=True, **kwargs)
+        except KubeAPIError as err:
+            if err.status != 410 or not token or restarts >= LIST_RESTARTS:
+                raise
+            restarts += 1
+            get_logger().warning("Kubernetes list continue token expired; listing again from the start",
+                                 what=what, namespace=ns, restart=restarts)
+            token = None
+            continue
+        for item in page.items or []:
+            uid = item.metadata.uid if item.metadata else None
+            if uid in yielded:
+                continue
+            if uid:
+                yielded.add(uid)
+            yield item
         token = page.metadata._continue if page.metadata else None
         if not token:
             return
