@@ -5,6 +5,7 @@ variable of ours it mentions exists in the job settings."""
 from __future__ import annotations
 
 import re
+import subprocess
 
 import pytest
 
@@ -68,3 +69,57 @@ def test_env_vars_exist_in_settings(text: str) -> None:
     assert mentioned, "the runbook mentions no settings"
     unknown = sorted(mentioned - known)
     assert not unknown, f"RUNBOOK mentions variables the jobs do not read: {unknown}"
+
+
+# ---------------------------------------------------------------- the commands, run on a real API server
+
+
+def follow_block(text: str) -> str:
+    section = text[text.index("Follow a job you started"):]
+    return re.search(r"```sh\n(.*?)```", section, re.S).group(1)
+
+
+def job(kube, name: str) -> None:
+    kube.put("job", "coder", {"metadata": {"name": name}, "spec": {
+        "backoffLimit": 0, "template": {"spec": {"restartPolicy": "Never",
+                                                 "containers": [{"name": "job", "image": "coder-jobs"}]}}}})
+
+
+def set_status(kube, name: str, *conditions: str) -> None:
+    """What the Job controller would write (nothing runs Jobs on the test server)."""
+    now = "2026-12-01T00:00:00Z"
+    status: dict = {"startTime": now, "conditions": [
+        {"type": c, "status": "True", "reason": "Test", "message": "set by the test",
+         "lastProbeTime": now, "lastTransitionTime": now} for c in conditions]}
+    if "Complete" in conditions:
+        status.update(completionTime=now, succeeded=1)
+    else:
+        status.update(failed=1)
+    current = kube.get_object("job", "coder", name)
+    current["status"] = status
+    resp = kube.http.put(f"/apis/batch/v1/namespaces/coder/jobs/{name}/status", json=current)
+    assert resp.status_code == 200, resp.text
+
+
+def run_follow(kube, tmp_path, text: str, name: str, timeout: float = 60):
+    from tests.kube.server import BIN
+
+    script = follow_block(text).replace("<name>", name)
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "KUBECONFIG": kube.kubeconfig(tmp_path / "kc", namespace="coder", direct=True)}
+    return subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_follow_returns_at_once_on_a_failed_job_and_points_at_the_log(kube, tmp_path, text: str) -> None:
+    job(kube, "coder-jobs-recover-manual-1")
+    set_status(kube, "coder-jobs-recover-manual-1", "FailureTarget", "Failed")
+    kube.clear_log()
+    r = run_follow(kube, tmp_path, text, "coder-jobs-recover-manual-1")
+    assert r.returncode != 0
+    assert "kubectl -n coder logs job/coder-jobs-recover-manual-1" in r.stderr
+    reads = [e for e in kube.audit("test-admin") if e["verb"] == "get" and e.get("objectRef", {}).get("resource") == "jobs"]
+    assert len(reads) == 1  # answered from the first look, no waiting round
+
+
+def test_follow_fails_at_once_for_a_job_that_does_not_exist(kube, tmp_path, text: str) -> None:
+    r = run_follow(kube, tmp_path, text, "coder-jobs-recover-manual-typo")
+    assert r.returncode != 0 and "NotFound" in r.stderr.replace(" ", "") or "not found" in r.stderr
