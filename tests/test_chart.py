@@ -336,6 +336,8 @@ def test_hook_jobs_shape(every: list[tuple[str, Rendered]]) -> None:
             rules = spec["podFailurePolicy"]["rules"]
             assert {"action": "FailJob", "onExitCodes": {"containerName": "coder-jobs", "operator": "In",
                                                          "values": [2]}} in rules
+            # status written out: a CronJob's jobTemplate without it is rejected up to 1.33
+            assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
 
 
 def test_presync_dependencies_are_earlier_hooks(full: Rendered) -> None:
@@ -424,6 +426,7 @@ def test_reaper_settings_map_to_env() -> None:
     assert env["REAP_QUOTA_ACTION"] == "stop" and env["REAP_CONCURRENCY"] == "8"
     plain = env_of(rendered(FULL).get("CronJob", f"{RELEASE}-reaper"))
     assert "REAP_MAX_WORKSPACES_PER_USER" not in plain and "REAP_MAX_RUNNING_PER_USER" not in plain
+    assert "REAP_EXEMPT" not in plain  # no exemptions: no variable (not an empty value)
 
 
 def test_reconcile_cronjob(full: Rendered) -> None:
@@ -565,7 +568,7 @@ def test_secrets_referenced(full: Rendered) -> None:
     assert env["CODER_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["CODER_SETUP_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     sync = env_of(full.get("Job", f"{RELEASE}-sync-external-auth"))
-    assert sync["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert sync["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
     assert sync["CODER_DEPLOYMENT"]["value"] == "coder"
     assert "CODER_ADMIN_PASSWORD" not in sync
 
