@@ -280,7 +280,8 @@ def test_the_defaults_check_finds_what_a_real_server_showed() -> None:
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
                "roleRef": {"kind": "Role", "name": "r"},
                "subjects": [{"kind": "ServiceAccount", "name": "s"}, {"kind": "User", "name": "u"}]}
-    assert unwritten_defaults(binding, MINORS[-1]) == ["RoleBinding.roleRef.apiGroup", "RoleBinding.subjects[1].apiGroup"]
+    assert unwritten_defaults(binding, MINORS[-1]) == ["RoleBinding.roleRef.apiGroup",
+                                                       "RoleBinding.subjects[1].apiGroup"]
     assert empty_fields({"spec": {"ingress": [], "podSelector": {"matchLabels": {"a": ""}}}}) == ["spec.ingress"]
 
 
