@@ -1,7 +1,10 @@
 """The Helm chart, rendered with the real Helm engine for every values file.
 
-Every object is validated with kubernetes-validate (strict, newest Kubernetes it ships); CRD kinds
-(ExternalSecret, CiliumNetworkPolicy) get required-field checks of our own. Policy tests cover
+Every object is validated with kubernetes-validate (strict) for every Kubernetes minor the chart
+claims (Chart.yaml's kubeVersion floor to 1.37); CRD kinds (ExternalSecret, CiliumNetworkPolicy)
+against the CRDs in ../shared/crds plus required-field checks of our own. What a real API server
+would change is checked offline too: defaults it fills in inside atomic fields (server-side apply
+conflicts), empty fields it does not store, namespaces an empty cluster lacks. Policy tests cover
 hooks, CronJobs, security settings, RBAC, secrets, and the workspace guardrails (issue 8).
 """
 
@@ -13,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
@@ -23,23 +27,35 @@ from tests.chart_helpers import (
     CHART_DIR,
     DIGEST,
     ENVIRONMENTS,
+    KUBE_FLOOR,
     NAMESPACE,
+    NEWEST_CLAIMED,
     RELEASE,
+    ROOT,
+    SHARED_CRDS,
     Rendered,
+    crd_problems,
+    crd_schemas,
     deep_merge,
+    empty_fields,
     env_of,
     env_values,
     job_spec,
+    kube_version_floor,
     load_values,
     parse,
     pod_specs,
     render,
     rendered,
+    shipped_minors,
     subcommand,
+    supported_minors,
     template_files,
+    unwritten_defaults,
 )
 
 KUBE_VERSION = kubernetes_validate.latest_version()
+MINORS = supported_minors()
 JOBS = ("sync-external-auth", "bootstrap-admin", "republish-templates", "recover", "doctor", "reap")
 WRITING_JOBS = tuple(j for j in JOBS if j != "doctor")
 KUBE_JOBS = {"sync-external-auth", "reap"}
@@ -113,6 +129,28 @@ def every(flipped: dict[str, Rendered], full: Rendered, full_cilium: Rendered) -
     return all_renders(flipped, full, full_cilium)
 
 
+@pytest.fixture(scope="module")
+def defaults_enabled() -> Rendered:
+    """values.yaml with `enabled: true` and the one value it then requires (the API server CIDRs
+    the job NetworkPolicy needs with the default `kubernetes` provider)."""
+    return rendered({"enabled": True, "networkPolicy": {"kubernetesApi": {"cidrs": [API_TEST_CIDR]}}})
+
+
+@pytest.fixture(scope="module")
+def checked(every: list[tuple[str, Rendered]], as_shipped: dict[str, Rendered],
+            defaults_enabled: Rendered) -> list[tuple[str, Rendered]]:
+    """Every render the schema and server checks cover: each values file as shipped and with
+    `enabled: true`, values.yaml enabled, and the two widest renders."""
+    return [*every, *((f"values-{e}", r) for e, r in as_shipped.items() if r.objects),
+            ("values.yaml", rendered({})), ("values.yaml+enabled", defaults_enabled)]
+
+
+@pytest.fixture(scope="module")
+def environments(flipped: dict[str, Rendered], as_shipped: dict[str, Rendered]) -> list[tuple[str, Rendered]]:
+    """What an environment installs: each values file with `enabled: true` (and dev as shipped)."""
+    return [*((f"values-{e}+enabled", r) for e, r in flipped.items()), ("values-dev", as_shipped["dev"])]
+
+
 def workloads(r: Rendered) -> list[dict[str, Any]]:
     return r.kind("Job") + r.kind("CronJob")
 
@@ -154,20 +192,130 @@ def test_enablement_matrix() -> None:
         assert values["workspaces"]["enabled"] is True, env
 
 
-def test_every_object_validates(every: list[tuple[str, Rendered]]) -> None:
-    failures, counted = [], 0
-    for label, r in every:
-        assert r.objects, label
+def test_supported_kubernetes_range() -> None:
+    """kubeVersion's floor is the minor the real API server tests run (1.33), and every minor from
+    it to 1.37 has strict schemas here, so the validation below covers the whole claimed range."""
+    assert yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())["kubeVersion"] == ">=1.33.0-0"
+    assert kube_version_floor() == KUBE_FLOOR == (1, 33)
+    shipped = shipped_minors()
+    missing = [m for m in MINORS if tuple(int(x) for x in m.split(".")[:2]) not in shipped]
+    assert not missing, f"kubernetes-validate {kubernetes_validate.__version__} lacks schemas for {missing}"
+    assert MINORS[0] == "1.33.0" and MINORS[-1] == "1.37.0" == KUBE_VERSION
+    assert shipped[-1] == NEWEST_CLAIMED
+    readme = (ROOT / "README.md").read_text()
+    assert "Kubernetes 1.33 to 1.37" in readme and '`kubeVersion: ">=1.33.0-0"`' in readme
+
+
+@pytest.fixture(scope="module")
+def distinct_builtin(checked: list[tuple[str, Rendered]]) -> list[tuple[str, dict[str, Any]]]:
+    """Each distinct built-in object of those renders once (renders share most objects), with the
+    first render that has it."""
+    seen: dict[str, tuple[str, dict[str, Any]]] = {}
+    for label, r in checked:
         for obj in r.objects:
-            if obj["kind"] in CRD_KINDS:
+            if obj["kind"] not in CRD_KINDS:
+                seen.setdefault(json.dumps(obj, sort_keys=True), (label, obj))
+    return list(seen.values())
+
+
+@pytest.mark.parametrize("version", MINORS)
+def test_every_object_validates(version: str, distinct_builtin: list[tuple[str, dict[str, Any]]]) -> None:
+    failures = []
+    for label, obj in distinct_builtin:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            where = ".".join(map(str, exc.path))
+            failures.append(f"{label}: {obj['kind']}/{obj['metadata']['name']}: {where}: {exc.message}")
+    assert not failures, f"Kubernetes {version}:\n" + "\n".join(failures)
+    assert len(distinct_builtin) > 80
+    assert {o["kind"] for _, o in distinct_builtin} == {
+        "Job", "CronJob", "ConfigMap", "ServiceAccount", "Role", "RoleBinding", "NetworkPolicy", "Namespace",
+        "ResourceQuota", "LimitRange"}
+
+
+@pytest.mark.skipif(not SHARED_CRDS.is_dir(), reason="../shared/crds not present")
+def test_custom_resources_validate_against_their_crds(checked: list[tuple[str, Rendered]]) -> None:
+    """ExternalSecret and CiliumNetworkPolicy against the CRDs the cluster runs: served version,
+    schema, no field the server would prune, no default it would fill in inside an atomic field."""
+    schemas = crd_schemas()
+    failures, counted = [], 0
+    for label, r in checked:
+        for obj in r.objects:
+            if obj["kind"] not in CRD_KINDS:
                 continue
             counted += 1
-            try:
-                kubernetes_validate.validate(obj, KUBE_VERSION, strict=True)
-            except kubernetes_validate.ValidationError as exc:
-                failures.append(f"{label}: {obj['kind']}/{obj['metadata']['name']}: {exc.message}")
+            where = f"{label}: {obj['kind']}/{obj['metadata']['name']}"
+            served, schema = schemas[(obj["apiVersion"], obj["kind"])]
+            assert served, f"{where}: {obj['apiVersion']} is not served"
+            failures += [f"{where}: {e.json_path}: {e.message}"
+                         for e in jsonschema.Draft7Validator(schema).iter_errors(obj)]
+            failures += [f"{where}: {p}" for p in crd_problems(obj, schema)]
     assert not failures, "\n".join(failures)
-    assert counted > 100
+    assert counted >= 8
+
+
+def test_server_defaults_inside_atomic_fields_are_written(distinct_builtin: list[tuple[str, dict[str, Any]]]) -> None:
+    """A default the server fills in inside an atomic list or struct (podFailurePolicy rules,
+    fieldRef, NetworkPolicy ports, roleRef, ...) makes a client-side install conflict with a later
+    server-side apply (Argo CD `ServerSideApply=true`): the chart writes each such default."""
+    failures = [f"{label}: {obj['kind']}/{obj['metadata']['name']}: {p} (Kubernetes {version})"
+                for version in MINORS for label, obj in distinct_builtin for p in unwritten_defaults(obj, version)]
+    assert not failures, "\n".join(failures)
+
+
+def test_the_defaults_check_finds_what_a_real_server_showed() -> None:
+    """The check above, on the shapes kube-apiserver 1.33 and 1.37 complained about."""
+    job = {"apiVersion": "batch/v1", "kind": "Job", "spec": {
+        "podFailurePolicy": {"rules": [{"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget"}]}]},
+        "template": {"spec": {"containers": [{"name": "c", "env": [
+            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}]}]}}}}
+    for version in MINORS:
+        assert unwritten_defaults(job, version) == [
+            "Job.spec.podFailurePolicy.rules[0].onPodConditions[0].status",
+            "Job.spec.template.spec.containers[0].env[0].valueFrom.fieldRef.apiVersion"]
+    policy = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "spec": {"podSelector": {}, "egress": [{"ports": [{"port": 53}]}]}}
+    assert unwritten_defaults(policy, MINORS[0]) == ["NetworkPolicy.spec.egress[0].ports[0].protocol"]
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "roleRef": {"kind": "Role", "name": "r"},
+               "subjects": [{"kind": "ServiceAccount", "name": "s"}, {"kind": "User", "name": "u"}]}
+    assert unwritten_defaults(binding, MINORS[-1]) == ["RoleBinding.roleRef.apiGroup",
+                                                       "RoleBinding.subjects[1].apiGroup"]
+    assert empty_fields({"spec": {"ingress": [], "podSelector": {"matchLabels": {"a": ""}}}}) == ["spec.ingress"]
+
+
+def test_no_empty_fields(checked: list[tuple[str, Rendered]]) -> None:
+    """Nothing rendered as "", [], {} or null: the server would not store it, so a second
+    server-side apply would not be a no-op."""
+    failures = [f"{label}: {obj['kind']}/{obj['metadata']['name']}: {p}"
+                for label, r in checked for obj in r.exact() for p in empty_fields(obj)]
+    assert not failures, "\n".join(failures)
+
+
+def test_every_environment_installs_on_an_empty_cluster(environments: list[tuple[str, Rendered]]) -> None:
+    """Given only the release namespace, every object's namespace exists or is created by the same
+    render, and nothing in a created namespace is a PreSync hook (which runs before it exists)."""
+    for label, r in environments:
+        created = r.names("Namespace")
+        for obj in r.objects:
+            ns = obj["metadata"].get("namespace")
+            where = f"{label}: {obj['kind']}/{obj['metadata']['name']}"
+            if obj["kind"] == "Namespace":
+                assert ns is None, where
+                continue
+            assert ns == NAMESPACE or ns in created, f"{where}: namespace {ns!r} is neither {NAMESPACE!r} nor created"
+            if ns != NAMESPACE:
+                assert hook_phase(obj) != "PreSync", where
+
+
+def test_local_creates_its_workspace_namespace(flipped: dict[str, Rendered]) -> None:
+    local = flipped["local"]
+    reap_ns = env_of(local.get("CronJob", f"{RELEASE}-reaper"))["REAP_WORKSPACE_NAMESPACE"]["value"]
+    assert reap_ns == WS_NS and local.get("Role", f"{RELEASE}-reap")["metadata"]["namespace"] == WS_NS
+    assert local.get("Namespace", WS_NS)["metadata"]["annotations"]["helm.sh/resource-policy"] == "keep"
+    assert local.get("ServiceAccount", "coder-workspace")["metadata"]["namespace"] == WS_NS
+    assert not local.kind("NetworkPolicy") and not local.kind("CiliumNetworkPolicy")
 
 
 def test_every_object_has_standard_labels(every: list[tuple[str, Rendered]]) -> None:
@@ -336,6 +484,8 @@ def test_hook_jobs_shape(every: list[tuple[str, Rendered]]) -> None:
             rules = spec["podFailurePolicy"]["rules"]
             assert {"action": "FailJob", "onExitCodes": {"containerName": "coder-jobs", "operator": "In",
                                                          "values": [2]}} in rules
+            # status written out: a CronJob's jobTemplate without it is rejected up to 1.33
+            assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
 
 
 def test_presync_dependencies_are_earlier_hooks(full: Rendered) -> None:
@@ -424,6 +574,7 @@ def test_reaper_settings_map_to_env() -> None:
     assert env["REAP_QUOTA_ACTION"] == "stop" and env["REAP_CONCURRENCY"] == "8"
     plain = env_of(rendered(FULL).get("CronJob", f"{RELEASE}-reaper"))
     assert "REAP_MAX_WORKSPACES_PER_USER" not in plain and "REAP_MAX_RUNNING_PER_USER" not in plain
+    assert "REAP_EXEMPT" not in plain  # no exemptions: no variable (not an empty value)
 
 
 def test_reconcile_cronjob(full: Rendered) -> None:
@@ -565,7 +716,7 @@ def test_secrets_referenced(full: Rendered) -> None:
     assert env["CODER_SESSION_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     assert env["CODER_SETUP_TOKEN"]["valueFrom"]["secretKeyRef"]["optional"] is True
     sync = env_of(full.get("Job", f"{RELEASE}-sync-external-auth"))
-    assert sync["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert sync["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}
     assert sync["CODER_DEPLOYMENT"]["value"] == "coder"
     assert "CODER_ADMIN_PASSWORD" not in sync
 

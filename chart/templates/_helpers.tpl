@@ -313,6 +313,7 @@ seccompProfile:
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef:
+      apiVersion: v1
       fieldPath: metadata.namespace
 - name: EXTERNAL_AUTH_CLIENT_ID_SECRET
   value: {{ $v.syncExternalAuth.clientIdSecret | quote }}
@@ -345,8 +346,10 @@ seccompProfile:
   value: {{ $v.reap.idleAfter | quote }}
 - name: REAP_MAX_STOPS
   value: {{ $v.reap.maxStops | quote }}
+{{- with $v.reap.exempt }}
 - name: REAP_EXEMPT
-  value: {{ join "," $v.reap.exempt | quote }}
+  value: {{ join "," . | quote }}
+{{- end }}
 {{- if not (kindIs "invalid" $v.reap.maxWorkspacesPerUser) }}
 - name: REAP_MAX_WORKSPACES_PER_USER
   value: {{ $v.reap.maxWorkspacesPerUser | quote }}
@@ -486,6 +489,10 @@ spec:
 {{/*
 Job spec (without ttl). podFailurePolicy: exit code 2 means bad configuration - retrying cannot
 help, so the Job fails at once; evictions do not count against backoffLimit.
+onPodConditions[].status is written although it defaults to "True": up to Kubernetes 1.33 only a
+Job's own defaulting fills it in (a CronJob's jobTemplate without it is rejected), and the rules
+list is atomic for server-side apply, so a server-filled value would conflict with the chart's.
+The same goes for fieldRef.apiVersion above (ObjectFieldSelector is an atomic struct).
 */}}
 {{- define "coder-jobs.jobSpec" -}}
 {{- $root := index . 0 }}{{ $job := index . 1 }}{{ $dryRun := index . 2 }}
@@ -501,6 +508,7 @@ podFailurePolicy:
     - action: Ignore
       onPodConditions:
         - type: DisruptionTarget
+          status: "True"
 template:
   {{- include "coder-jobs.podTemplate" (list $root $job $dryRun) | nindent 2 }}
 {{- end }}
