@@ -54,6 +54,8 @@ KINDS = {
 RESET_KINDS = ("pod", "deployment", "job", "cronjob", "secret", "configmap", "event", "resourcequota",
                "limitrange", "role", "rolebinding", "networkpolicy")
 TEST_NAMESPACES = ("coder", "coder-workspaces")
+CUSTOM_COLLECTIONS = ("/apis/external-secrets.io/v1/namespaces/{ns}/externalsecrets",
+                      "/apis/cilium.io/v2/namespaces/{ns}/ciliumnetworkpolicies")
 RESTRICTED = {"pod-security.kubernetes.io/enforce": "restricted", "pod-security.kubernetes.io/warn": "restricted"}
 
 
@@ -92,13 +94,36 @@ class Cluster:
         self.proxy.clear_log()
         for ns in sorted(self.namespaces | set(TEST_NAMESPACES)):
             self.ensure_namespace(ns)
-            for kind in RESET_KINDS:
-                self._check(self.http.delete(KINDS[kind].collection(ns), params={"gracePeriodSeconds": "0"}))
-            for sa in self.objects("serviceaccount", ns):
-                if sa["metadata"]["name"] != "default":
-                    self.delete_object("serviceaccount", ns, sa["metadata"]["name"])
+            self._empty(ns)
         self._audit_mark = self.server.audit_mark()
         return self
+
+    def _empty(self, ns: str) -> None:
+        # Background propagation: the default for Jobs (orphan) adds a finalizer only the garbage
+        # collector removes, and no garbage collector runs here.
+        params = {"gracePeriodSeconds": "0", "propagationPolicy": "Background"}
+        for kind in RESET_KINDS:
+            self._check(self.http.delete(KINDS[kind].collection(ns), params=params))
+        for path in CUSTOM_COLLECTIONS:
+            r = self.http.delete(path.format(ns=ns), params=params)
+            if r.status_code != 404:  # the CRD is not installed
+                self._check(r)
+        for sa in self.objects("serviceaccount", ns):
+            if sa["metadata"]["name"] != "default":
+                self.delete_object("serviceaccount", ns, sa["metadata"]["name"])
+
+    def drop_namespaces(self, keep: tuple[str, ...] = ()) -> None:
+        """Delete every namespace the tests made (but `keep`), contents first. Namespace deletion
+        waits for the namespace controller, which is not running: with the contents gone, removing
+        the `kubernetes` finalizer ourselves is what that controller would do last."""
+        for ns in sorted(self.namespaces | set(TEST_NAMESPACES)):
+            if ns in keep or self.get_object("namespace", None, ns) is None:
+                continue
+            self._empty(ns)
+            self.delete_object("namespace", None, ns)
+            self._check(self.http.put(f"/api/v1/namespaces/{ns}/finalize", json={
+                "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": []}}))
+            self.namespaces.discard(ns)
 
     def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> Obj:
         """The namespace, with its `default` ServiceAccount (a controller's job on a real cluster)."""
@@ -148,7 +173,8 @@ class Cluster:
         return None if r.status_code == 404 else self._check(r).json()
 
     def delete_object(self, kind: str, namespace: str | None, name: str) -> None:
-        r = self.http.delete(self._path(kind, namespace, name), params={"gracePeriodSeconds": "0"})
+        r = self.http.delete(self._path(kind, namespace, name),
+                             params={"gracePeriodSeconds": "0", "propagationPolicy": "Background"})
         if r.status_code != 404:
             self._check(r)
 
