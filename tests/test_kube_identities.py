@@ -15,8 +15,10 @@ from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 
 from jobs.sync_external_auth import KEY_CLIENT_SECRET
-from tests.chart_helpers import NAMESPACE, env_values, render
-from tests.conftest import CANARY_CLIENT_SECRET, assert_no_secret, run_job
+from tests.chart_helpers import NAMESPACE, deep_merge, env_values, render
+import uuid
+
+from tests.conftest import CANARY_CLIENT_SECRET, CANARY_PASSWORD, assert_no_secret, run_job
 
 TARGET = "coder-external-auth-github"
 
@@ -25,9 +27,9 @@ def b64(s: str) -> str:
     return base64.b64encode(s.encode()).decode()
 
 
-def install_identity(kube, component: str) -> str:
+def install_identity(kube, component: str, **values) -> str:
     """Apply the ServiceAccount, Roles and RoleBindings the dev render gives `component`; its SA name."""
-    objects = render(env_values("dev", enable=True))
+    objects = render(deep_merge(env_values("dev", enable=True), values))
     mine = [o for o in objects if o["kind"] in ("ServiceAccount", "Role", "RoleBinding")
             and o["metadata"]["labels"].get("app.kubernetes.io/component") == component]
     assert {o["kind"] for o in mine} == {"ServiceAccount", "Role", "RoleBinding"}, component
@@ -95,5 +97,67 @@ def test_sync_external_auth_identity_can_write_nothing_outside_its_role(kube, sy
         forbidden(lambda: apps.delete_namespaced_deployment("coder", NAMESPACE))
         forbidden(lambda: core.create_namespaced_config_map(NAMESPACE, {"metadata": {"name": "x"}}))
         forbidden(lambda: core.read_namespaced_secret("coder-github-oauth-client-id", "coder-workspaces"))
+    finally:
+        api.close()
+
+
+# ---------------------------------------------------------------- reap's Kubernetes part
+
+WORKSPACES = "coder-workspaces"
+
+
+def ghost_workspace(kube, wid: str) -> None:
+    """A workspace's Deployment and pod whose workspace coderd no longer knows (a database reset)."""
+    labels = {"app.kubernetes.io/name": "coder-workspace", "com.coder.workspace.id": wid}
+    kube.put("deployment", WORKSPACES, {"metadata": {"name": f"coder-{wid}", "labels": labels}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": {"com.coder.workspace.id": wid}},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "dev", "image": "envbuilder"}]}}}})
+    kube.put("pod", WORKSPACES, {"metadata": {"name": f"coder-{wid}-abc12", "labels": labels},
+                                 "spec": {"containers": [{"name": "dev", "image": "envbuilder"}]}})
+
+
+@pytest.fixture
+def reap_world(kube, coderd, tmp_path):
+    coderd.create_user("admin", password=CANARY_PASSWORD)
+    sa = install_identity(kube, "reap", reap={"deleteOrphans": True})
+    token = kube.token_for(NAMESPACE, sa)
+    env = {"CODER_URL": coderd.url, "CODER_ADMIN_EMAIL": "admin@example.com", "CODER_ADMIN_PASSWORD": CANARY_PASSWORD,
+           "CODER_READY_TIMEOUT": "20", "REAP_WORKSPACE_NAMESPACE": WORKSPACES,
+           "KUBECONFIG": kube.kubeconfig(tmp_path / "kc", namespace=NAMESPACE, token=token)}
+    return env, kube.service_account_user(NAMESPACE, sa)
+
+
+def test_reap_finds_and_deletes_orphans_as_its_service_account(kube, reap_world):
+    env, user = reap_world
+    ghosts = [str(uuid.uuid4()) for _ in range(2)]
+    for wid in ghosts:
+        ghost_workspace(kube, wid)
+    kube.put("pod", WORKSPACES, {"metadata": {"name": "other-app", "labels": {"app": "db"}},
+                                 "spec": {"containers": [{"name": "x", "image": "x"}]}})
+    dry = run_job("reap", "--delete-orphans", "--dry-run", env=env)
+    assert dry.rc == 0, dry.output
+    assert len(kube.objects("pod", WORKSPACES)) == 3
+
+    result = run_job("reap", "--delete-orphans", env=env)
+    assert result.rc == 0, result.output
+    assert [p["metadata"]["name"] for p in kube.objects("pod", WORKSPACES)] == ["other-app"]
+    assert kube.objects("deployment", WORKSPACES) == []
+    refused = [(e["verb"], e["requestURI"]) for e in kube.audit(user) if e["responseStatus"]["code"] in (401, 403)]
+    assert refused == []
+    assert_no_secret(result, CANARY_PASSWORD)
+
+
+def test_reap_identity_can_write_nothing_outside_its_role(kube, reap_world):
+    env, _user = reap_world
+    api = kconfig.new_client_from_config(config_file=env["KUBECONFIG"], client_configuration=k8s.Configuration())
+    core, apps = k8s.CoreV1Api(api), k8s.AppsV1Api(api)
+    try:
+        forbidden(lambda: core.create_namespaced_pod(WORKSPACES, {"metadata": {"name": "x"},
+                                                                  "spec": {"containers": [{"name": "x", "image": "x"}]}}))
+        forbidden(lambda: apps.patch_namespaced_deployment("coder", NAMESPACE, {"spec": {"replicas": 0}},
+                                                           _content_type="application/merge-patch+json"))
+        forbidden(lambda: core.list_namespaced_pod(NAMESPACE))
+        forbidden(lambda: core.read_namespaced_secret("coder-github-oauth-client-secret", NAMESPACE))
+        forbidden(lambda: core.delete_collection_namespaced_pod(WORKSPACES))
     finally:
         api.close()
