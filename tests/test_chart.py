@@ -488,6 +488,22 @@ def test_hook_jobs_shape(every: list[tuple[str, Rendered]]) -> None:
             assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
 
 
+def test_exit_codes_that_no_retry_can_change_fail_the_job_at_once(full: Rendered) -> None:
+    """2 is bad configuration for every job; doctor's 1 is its report of drift (read-only)."""
+    for obj in full.kind("Job") + full.kind("CronJob"):
+        (fail,) = [r for r in job_spec(obj)["podFailurePolicy"]["rules"] if r["action"] == "FailJob"]
+        expected = [1, 2] if subcommand(obj) == "doctor" else [2]
+        assert fail["onExitCodes"]["values"] == expected, obj["metadata"]["name"]
+
+
+def test_manual_runs_say_whether_they_are_dry_runs(full: Rendered) -> None:
+    for obj in full.kind("CronJob"):
+        labels = obj["spec"]["jobTemplate"]["metadata"].get("labels", {})
+        if labels.get("coder-jobs/manual") == "true":
+            dry = "--dry-run" in next(pod_specs(obj))["containers"][0]["args"]
+            assert labels["coder-jobs/dry-run"] == str(dry).lower(), obj["metadata"]["name"]
+
+
 def test_presync_dependencies_are_earlier_hooks(full: Rendered) -> None:
     """A PreSync hook runs before regular resources exist: its SA, Role, RoleBinding and source
     ExternalSecrets must be PreSync hooks in an earlier wave."""

@@ -123,3 +123,18 @@ def test_follow_returns_at_once_on_a_failed_job_and_points_at_the_log(kube, tmp_
 def test_follow_fails_at_once_for_a_job_that_does_not_exist(kube, tmp_path, text: str) -> None:
     r = run_follow(kube, tmp_path, text, "coder-jobs-recover-manual-typo")
     assert r.returncode != 0 and "NotFound" in r.stderr.replace(" ", "") or "not found" in r.stderr
+
+
+def test_latest_run_leaves_dry_runs_out(kube, tmp_path, text: str) -> None:
+    from tests.kube.server import BIN
+
+    command = re.search(r"^(kubectl -n coder get jobs -l .*)$", text, re.M).group(1)
+    for name, dry in (("coder-jobs-reap-manual-1", "false"), ("coder-jobs-reap-dry-run-manual-2", "true")):
+        kube.put("job", "coder", {"metadata": {"name": name, "labels": {
+            "app.kubernetes.io/component": "reap", "coder-jobs/dry-run": dry}}, "spec": {
+            "template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "job", "image": "coder-jobs"}]}}}})
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "KUBECONFIG": kube.kubeconfig(tmp_path / "kc", namespace="coder", direct=True)}
+    r = subprocess.run(["bash", "-c", command], env=env, capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    names = [line.split()[0] for line in r.stdout.splitlines()[1:]]
+    assert names == ["coder-jobs-reap-manual-1"]

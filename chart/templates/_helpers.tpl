@@ -488,7 +488,8 @@ spec:
 
 {{/*
 Job spec (without ttl). podFailurePolicy: exit code 2 means bad configuration - retrying cannot
-help, so the Job fails at once; evictions do not count against backoffLimit.
+help, so the Job fails at once (for doctor exit 1 too: it reports drift, read-only, and a retry
+would only repeat the report); evictions do not count against backoffLimit.
 onPodConditions[].status is written although it defaults to "True": up to Kubernetes 1.33 only a
 Job's own defaulting fills it in (a CronJob's jobTemplate without it is rejected), and the rules
 list is atomic for server-side apply, so a server-filled value would conflict with the chart's.
@@ -504,7 +505,8 @@ podFailurePolicy:
       onExitCodes:
         containerName: coder-jobs
         operator: In
-        values: [2]
+        {{- /* doctor's exit 1 is its finding (drift), not a failure a retry could heal */}}
+        values: {{ ternary "[1, 2]" "[2]" (eq $job "doctor") }}
     - action: Ignore
       onPodConditions:
         - type: DisruptionTarget
