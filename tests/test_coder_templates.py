@@ -387,7 +387,7 @@ def test_no_credential_is_readable_from_the_pod_or_deployment_spec(template):
 def test_a_new_agent_token_changes_the_pod_template_through_a_hash_only(template):
     """The provider issues a new agent token on every plan; the pod reads the Secret only at
     start. A hash of the credentials on the pod template rolls the pod onto the new token.
-    (tests/test_terraform_schema.py evaluates it with the real coder provider.)"""
+    (tests/test_terraform_coder.py evaluates it with the real coder provider.)"""
     module = _workspace_module(template)
     assert module.locals["pod_annotations"] == {"checksum/credentials": "${sha256(jsonencode(local.credentials))}"}
     pod_template = _one(_one(_deployment(template)["spec"], "spec")["template"], "template")
