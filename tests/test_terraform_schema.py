@@ -62,14 +62,17 @@ def test_the_schema_file_has_both_providers(schemas):
 @pytest.mark.parametrize("template", TEMPLATES)
 def test_the_pinned_provider_ranges_include_the_checked_versions(template):
     # "~> 2.20" means >= 2.20, < 3: the schema's versions must satisfy every constraint we write.
+    seen = set()
     for path in (TEMPLATES_DIR / template).rglob("*.tf"):
         for source, version in re.findall(r'source\s*=\s*"([^"]+)"\s*\n\s*version\s*=\s*"([^"]+)"', path.read_text()):
             if source not in PINNED:
                 continue
+            seen.add((path.parent.name, source))
             m = re.fullmatch(r"~> (\d+)\.(\d+)", version)
             assert m, f"{path}: {source} {version}: expected a '~> major.minor' constraint"
             have = tuple(int(x) for x in PINNED[source].split("."))
             assert have[0] == int(m[1]) and have[1] >= int(m[2]), f"{path}: {source} {version} excludes {PINNED[source]}"
+    assert seen == {(d, s) for d in (template, "workspace") for s in PINNED}, seen
 
 
 def _module_calls() -> list[tuple[str, str]]:
