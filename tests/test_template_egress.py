@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 import pytest
 
 from tests.chart_helpers import CHART_DIR, RELEASE, deep_merge, load_values, parse, render_raw
+from tests.test_coder_templates import _root
 from tests.test_template_scripts import render_scripts
 from tests.test_template_variables import sent, settings_from_render
 
@@ -113,8 +114,6 @@ def downloads_at_start(file: str, objects: list[dict[str, Any]], values: dict[st
     for template in TEMPLATES:
         variables = sent(settings_from_render(objects, template, tmp_path / file / template))
         codex = variables.get("codex_enabled") == "true"
-        from tests.test_coder_templates import _root
-
         defaults = {n: b.get("default") for n, b in _root(template).variables.items()}
         out.append(Download(urlsplit(defaults["repo_url"]).hostname, f"{template}: envbuilder clones the repository"))
         fallback = defaults["fallback_image"]

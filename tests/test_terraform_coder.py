@@ -45,16 +45,12 @@ TOKEN_ENV = "CODER_RUNNING_WORKSPACE_AGENT_TOKEN_" + hashlib.sha256(b"").hexdige
 
 
 def _provider_binary() -> Path | None:
-    candidates = [os.environ.get("CODER_PROVIDER_BINARY", "")]
-    for var in ("GOBIN",):
-        if os.environ.get(var):
-            candidates.append(str(Path(os.environ[var]) / "terraform-provider-coder"))
-    if os.environ.get("GOPATH"):
-        candidates.append(str(Path(os.environ["GOPATH"]).expanduser() / "bin" / "terraform-provider-coder"))
-    candidates.append(str(Path("~/go/bin/terraform-provider-coder").expanduser()))
-    for c in candidates:
-        if c and Path(c).is_file() and os.access(c, os.X_OK):
-            return Path(c)
+    gopath = Path(os.environ.get("GOPATH") or "~/go").expanduser()
+    for candidate in (os.environ.get("CODER_PROVIDER_BINARY"),
+                      os.environ.get("GOBIN") and str(Path(os.environ["GOBIN"]) / "terraform-provider-coder"),
+                      str(gopath / "bin" / "terraform-provider-coder")):
+        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
+            return Path(candidate)
     return None
 
 

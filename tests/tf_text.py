@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 _OPEN = re.compile(r'^(?P<kind>resource|data|module|variable|output|locals|provider|terraform|check|moved|import)\b'
                    r'(?P<labels>(?:\s+"[^"]*")*)\s*\{\s*$')
@@ -60,7 +61,7 @@ def block_text(directory: Path, kind: str, *labels: str) -> str:
     return found[0]
 
 
-def without_blocks(text: str, drop: "callable[[Block], bool]") -> str:
+def without_blocks(text: str, drop: Callable[[Block], bool]) -> str:
     """The text with every top-level block for which `drop` is true removed."""
     lines = text.splitlines()
     keep = [True] * len(lines)
