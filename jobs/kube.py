@@ -377,3 +377,44 @@ def delete_pod(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -
 
 def delete_deployment(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
     return _delete("deployment", k8s.AppsV1Api(api).delete_namespaced_deployment, ns, name, uid)
+
+
+# ---------------------------------------------------------------------------- secret metadata (the reaper)
+
+# Ask for metadata only: the reaper decides on names and labels and must never hold the tokens
+# the Secrets carry. An API server that ignored the `as=` parameter would send a SecretList; only
+# `metadata` is read from either.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
+
+
+@dataclass(frozen=True)
+class ObjectMetadata:
+    name: str
+    uid: str | None
+    labels: Mapping[str, str]
+
+
+def list_secret_metadata(api: k8s.ApiClient, ns: str, label_selector: str,
+                         page_size: int = 500) -> Iterator[ObjectMetadata]:
+    """Name, uid and labels of every Secret matching the selector, a page at a time; never its data."""
+    core = k8s.CoreV1Api(api)
+    token: str | None = None
+    while True:
+        kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size,
+                                  "_preload_content": False, "_headers": {"Accept": METADATA_ONLY}}
+        if token:
+            kwargs["_continue"] = token
+        raw = _call(f"list Secret metadata in {ns} ({label_selector})", core.list_namespaced_secret, ns,
+                    safe_read=True, **kwargs)
+        page = json.loads(raw.data)
+        for item in page.get("items") or []:
+            meta = item.get("metadata") or {}
+            yield ObjectMetadata(meta.get("name", ""), meta.get("uid"), dict(meta.get("labels") or {}))
+        token = (page.get("metadata") or {}).get("continue")
+        if not token:
+            return
+
+
+def delete_secret(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
+    """True when deleted, False when it was already gone; `uid` guards a same-named successor."""
+    return _delete("secret", k8s.CoreV1Api(api).delete_namespaced_secret, ns, name, uid)

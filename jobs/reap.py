@@ -11,8 +11,9 @@ One pass, plan first, then apply:
    Only per-owner counters and a heap of the REAP_MAX_STOPS oldest idle workspaces are kept.
 3. Quotas: owners over the limits are reported; with REAP_QUOTA_ACTION=stop only the violating
    owners are listed again (`q=owner:<name> status:running`) to pick their least recently used.
-4. Kubernetes (optional): ResourceQuota usage, and workspace pods/Deployments whose workspace
-   is gone or stopped, looked up with `q=id:<uuid>,...` in batches.
+4. Kubernetes (optional): ResourceQuota usage, and workspace pods/Deployments and credentials
+   Secrets (`coder-<id>-credentials`, a developer's GitHub token) whose workspace is gone or
+   stopped, looked up with `q=id:<uuid>,...` in batches.
 5. Apply (not with --dry-run): each stop re-reads its workspace and re-checks the decision with
    a fresh Date (the listing may be minutes old at scale), then posts a `stop` build; 409 means
    a build started meanwhile: skipped as busy. Orphans are deleted only with --delete-orphans.
@@ -40,6 +41,7 @@ from jobs.reap_plan import (
     Candidate,
     Scan,
     classify,
+    credentials_secret_workspace,
     is_running,
     is_stopped,
     plan_quota_stops,
@@ -50,10 +52,16 @@ from jobs.settings import ReapSettings
 
 WORKSPACE_SELECTOR = "app.kubernetes.io/name=coder-workspace"
 WORKSPACE_ID_LABEL = "com.coder.workspace.id"
+# RBAC cannot filter by label, so the reaper's Role grants list/delete on every Secret of the
+# workspace namespace; this selector (and the exact name check below) keeps it to the templates'
+# credentials Secrets. Only their metadata is ever read (kube.list_secret_metadata).
+CREDENTIALS_SELECTOR = f"{WORKSPACE_SELECTOR},{WORKSPACE_ID_LABEL}"
 ID_BATCH = 50  # 50 uuids keep the query string under 2 KiB
 QUOTA_WARN_RATIO = 0.9
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _WARN_KINDS = {"quota-violation", "quota-usage-high", "orphan", "quota-unresolved", "stop-failed", "delete-failed"}
+_ORPHAN_COUNTER = {"pod": "orphans", "deployment": "orphan_deployments", "secret": "orphan_secrets"}
+_DELETE_ORDER = {"deployment": 0, "pod": 1, "secret": 2}  # controllers first, the credentials last
 
 
 @dataclass
@@ -231,10 +239,11 @@ class Reaper:
             except kube.KubeAPIError as exc:
                 if kind == "pod":
                     raise JobError(f"cannot list workspace pods in {ns}: {exc}") from None
-                # Workspace pods belong to Deployments (the templates' kubernetes_deployment): deleting
+                # Workspace pods belong to Deployments (the templates' kubernetes_deployment_v1): deleting
                 # only the pod is undone by its ReplicaSet. Say so rather than fail the run.
                 self.ctx.log.warning("cannot list workspace Deployments; orphan deletion limited to pods",
                                      namespace=ns, status=exc.status)
+        self._credentials_secrets(kube, ns, by_id)
 
         ids = sorted(by_id)
         live: dict[str, Workspace] = {}
@@ -249,10 +258,25 @@ class Reaper:
             why = "no such workspace in coderd (deleted, or the database was reset)" if ws is None else \
                 f"workspace {ws.owner_name}/{ws.name} is stopped"
             for kind, name, uid in by_id[wid]:
-                self.bump("orphans" if kind == "pod" else "orphan_deployments")
+                self.bump(_ORPHAN_COUNTER[kind])
                 self.emit(Action("orphan", f"{kind}/{ns}/{name}", why, {"workspace_id": wid}))
                 doomed.append((kind, name, uid, wid))
         return doomed
+
+    def _credentials_secrets(self, kube: Any, ns: str, by_id: dict[str, list[tuple[str, str, str]]]) -> None:
+        """Add the templates' credentials Secrets to `by_id`. Listed as metadata only: the reaper
+        never holds the GitHub and agent tokens they carry."""
+        try:
+            for meta in kube.list_secret_metadata(self.kube, ns, CREDENTIALS_SELECTOR):
+                wid = credentials_secret_workspace(meta.name, dict(meta.labels))
+                if wid is None:
+                    self.emit(Action("unlabelled", f"secret/{ns}/{meta.name}",
+                                     f"not a credentials Secret (coder-<{WORKSPACE_ID_LABEL}>-credentials); never deleted"))
+                    continue
+                by_id.setdefault(wid, []).append(("secret", meta.name, meta.uid))
+        except kube.KubeAPIError as exc:
+            self.ctx.log.warning("cannot list workspace credentials Secrets; they are not checked for orphans",
+                                 namespace=ns, status=exc.status)
 
     def _quota_usage(self, quotas: list[Any], parse_quantity: Callable[[Any], Any]) -> None:
         for rq in quotas:
@@ -277,8 +301,9 @@ class Reaper:
 
         ns = self.settings.reap_workspace_namespace
         # Deployments first, so their ReplicaSets do not recreate the pods we delete next.
-        for kind, name, uid, wid in sorted(doomed, key=lambda d: d[0] != "deployment"):
-            delete = kube.delete_deployment if kind == "deployment" else kube.delete_pod
+        deleters = {"deployment": kube.delete_deployment, "pod": kube.delete_pod, "secret": kube.delete_secret}
+        for kind, name, uid, wid in sorted(doomed, key=lambda d: _DELETE_ORDER[d[0]]):
+            delete = deleters[kind]
             try:
                 if not delete(self.kube, ns, name, uid):
                     continue  # already gone
@@ -304,7 +329,8 @@ def kube_api_client() -> Any:
 
 
 SUMMARY_KEYS = ("scanned", "running", "idle", "stopped", "planned_stops", "deferred", "exempt", "busy", "unknown",
-                "quota_violations", "quota_stops", "orphans", "orphan_deployments", "deleted", "changed", "failed")
+                "quota_violations", "quota_stops", "orphans", "orphan_deployments", "orphan_secrets", "deleted", "changed",
+                "failed")
 
 
 def run(settings: ReapSettings, ctx: RunContext) -> int:

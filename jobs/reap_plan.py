@@ -14,6 +14,7 @@ still carries last week's value; the completed_at check keeps it running.
 from __future__ import annotations
 
 import heapq
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -28,6 +29,8 @@ from jobs.reap_rules import Policy
 PREBUILDS_USER_ID = "c42fdf75-3097-471c-8c33-fb52454d81c0"
 PREBUILDS_USERNAME = "prebuilds"
 ACTIVE_JOB_STATUSES = frozenset({"pending", "running", "canceling"})
+WORKSPACE_ID_LABEL = "com.coder.workspace.id"
+_UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 
 Emit = Callable[[Action], None]
 
@@ -53,6 +56,15 @@ def is_running(ws: Workspace) -> bool:
 def is_stopped(ws: Workspace) -> bool:
     b = ws.latest_build
     return b.transition in ("stop", "delete") and b.job.status == "succeeded"
+
+
+def credentials_secret_workspace(name: str, labels: dict[str, str]) -> str | None:
+    """The workspace id of one of the templates' credentials Secrets (`coder-<id>-credentials`,
+    labelled with that id, modules/workspace/main.tf), else None: such a Secret is never deleted."""
+    wid = str(labels.get(WORKSPACE_ID_LABEL, "")).lower()
+    if not _UUID.match(wid) or name != f"coder-{wid}-credentials":
+        return None
+    return wid
 
 
 def target(ws: Workspace) -> str:

@@ -15,12 +15,15 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+import textwrap
 from pathlib import Path
 from typing import Any
 
 import hcl2
 import pytest
 import yaml
+
+from tests.tf_text import block_text
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES_DIR = REPO_ROOT / "chart" / "files" / "coder-templates"
@@ -133,11 +136,12 @@ def _dynamic(body: dict, name: str) -> list[dict]:
 
 
 def _heredoc(value: str) -> str:
-    """Body of a heredoc string as hcl2 returns it (markers stripped)."""
+    """Body of a heredoc string as hcl2 returns it: markers stripped and, like Terraform does for
+    `<<-`, the common indentation removed."""
     lines = value.splitlines()
     if lines and lines[0].startswith("<<"):
         lines = lines[1:-1]
-    return "\n".join(lines)
+    return textwrap.dedent("\n".join(lines))
 
 
 def _template_files(template: str) -> list[Path]:
@@ -181,11 +185,17 @@ def _env(template: str) -> dict[str, str]:
     return env
 
 
-CREDENTIALS_SECRET = "secret:${kubernetes_secret.credentials[0].metadata[0].name}"
+CREDENTIALS_SECRET = "secret:${kubernetes_secret_v1.credentials[0].metadata[0].name}"
 
 
 def _credentials(template: str) -> dict[str, str]:
-    return _workspace_module(template).resource("kubernetes_secret", "credentials")["data"]
+    module = _workspace_module(template)
+    assert module.resource("kubernetes_secret_v1", "credentials")["data"] == "${local.credentials}"
+    return module.locals["credentials"]
+
+
+def _block_text(module: TfModule, rtype: str, name: str) -> str:
+    return block_text(module.directory, "resource", rtype, name)
 
 
 def _script(template: str, name: str) -> tuple[dict, str]:
@@ -274,7 +284,8 @@ def test_template_variable_defaults_match_the_platform_spec(template):
     assert defaults["environment"] == "dev"
     assert defaults["service_account_name"] == "coder-workspace"
     assert defaults["use_kubeconfig"] is False
-    assert defaults["codex_enabled"] is True
+    # Off unless the chart turns it on, like workspaces.codex.enabled (which opens OpenAI egress).
+    assert defaults["codex_enabled"] is False
     assert defaults["repo_url"] == EXPECTED_TEMPLATES[template]
 
 
@@ -327,11 +338,29 @@ def test_envbuilder_execs_the_coder_agent(template):
     assert env["ENVBUILDER_INIT_SCRIPT"] == "${coder_agent.main.init_script}"
     assert env["CODER_AGENT_TOKEN"] == f"{CREDENTIALS_SECRET}/CODER_AGENT_TOKEN"
     assert _credentials(template)["CODER_AGENT_TOKEN"] == "${coder_agent.main.token}"
-    # The fallback image is optional: only set when the variable is non-empty.
-    (fallback,) = _dynamic(_container(template), "env")
-    assert "var.fallback_image" in fallback["for_each"]
-    assert _one(fallback["content"], "fallback env")["name"] == "ENVBUILDER_FALLBACK_IMAGE"
-    assert _root(template).variables["fallback_image"]["default"] == ""
+    # The fallback image and the layer cache are set only when their variables are non-empty.
+    dynamic_env = {_one(d["content"], "env content")["name"]: d["for_each"] for d in _dynamic(_container(template), "env")}
+    assert dynamic_env == {
+        "ENVBUILDER_FALLBACK_IMAGE": '${var.fallback_image == "" ? [] : [var.fallback_image]}',
+        "ENVBUILDER_CACHE_REPO": '${var.cache_repo == "" ? [] : [var.cache_repo]}',
+    }
+
+
+@templates
+def test_a_devcontainer_that_does_not_build_starts_the_pinned_fallback_image(template):
+    """Without a fallback envbuilder exits and the pod restarts in a loop with no way in."""
+    variable = _root(template).variables["fallback_image"]
+    assert re.fullmatch(r"mcr\.microsoft\.com/devcontainers/base:ubuntu@sha256:[0-9a-f]{64}", variable["default"])
+    assert "@sha256:" in _one(variable["validation"], "fallback_image validation")["condition"]
+    assert _root(template).modules["workspace"]["fallback_image"] == "${var.fallback_image}"
+
+
+@templates
+def test_no_layer_cache_unless_a_cache_repo_is_given(template):
+    variable = _root(template).variables["cache_repo"]
+    assert variable["default"] == ""
+    assert "no cache" in variable["description"]
+    assert _root(template).modules["workspace"]["cache_repo"] == "${var.cache_repo}"
 
 
 @templates
@@ -350,8 +379,31 @@ def test_no_credential_is_readable_from_the_pod_or_deployment_spec(template):
     tokens must be secretKeyRefs, never env values another developer's kubectl could see."""
     for name, value in _env(template).items():
         assert "access_token" not in value and "agent.main.token" not in value, name
-    secret = _workspace_module(template).resource("kubernetes_secret", "credentials")
+    secret = _workspace_module(template).resource("kubernetes_secret_v1", "credentials")
     assert secret["count"] == "${data.coder_workspace.me.start_count}"
+
+
+@templates
+def test_a_new_agent_token_changes_the_pod_template_through_a_hash_only(template):
+    """The provider issues a new agent token on every plan; the pod reads the Secret only at
+    start. A hash of the credentials on the pod template rolls the pod onto the new token.
+    (tests/test_terraform_coder.py evaluates it with the real coder provider.)"""
+    module = _workspace_module(template)
+    assert module.locals["pod_annotations"] == {"checksum/credentials": "${sha256(jsonencode(local.credentials))}"}
+    pod_template = _one(_one(_deployment(template)["spec"], "spec")["template"], "template")
+    assert _one(pod_template["metadata"], "pod metadata")["annotations"] == "${local.pod_annotations}"
+    # The credentials themselves are referenced from the Deployment only through the hash.
+    deployment_text = _block_text(module, "kubernetes_deployment_v1", "workspace")
+    for raw in ("coder_agent.main.token", "access_token", "local.credentials"):
+        assert raw not in deployment_text, raw
+
+
+@templates
+def test_only_the_v1_kubernetes_resources_are_used(template):
+    # kubernetes_deployment / kubernetes_secret are deprecated in provider 3.x; _v1 exist in 2.x.
+    for rtype, name in _workspace_module(template).resources:
+        if rtype.startswith("kubernetes_"):
+            assert rtype.endswith("_v1"), f"{rtype}.{name}"
 
 
 @templates
@@ -391,7 +443,10 @@ def test_home_and_workspaces_are_empty_dir_volumes(template):
     locals_ = _workspace_module(template).locals
     assert mounts["workspaces"] == "/workspaces"
     assert mounts["home"] == "${local.home_dir}"
-    assert locals_["home_dir"] == "/home/coder"
+    assert locals_["home_dir"] == "/home/${local.username}"
+    assert locals_["username"] == "${data.coder_workspace_owner.me.name}"
+    # Every session, script and app the agent starts gets the per-user home.
+    assert _workspace_module(template).resource("coder_agent", "main")["env"]["HOME"] == "${local.home_dir}"
     for name in ("workspaces", "home"):
         assert "empty_dir" in volumes[name], f"{name} must be an emptyDir"
         assert set(volumes[name]) == {"name", "empty_dir"}
@@ -418,7 +473,7 @@ def test_workspace_uses_the_charts_service_account_with_a_token_for_kubectl(temp
             "the service account and its RBAC come from the Helm chart"
         )
     # The only Secret is the workspace's own credentials (written by the provisioner, never read back).
-    assert [r for r in module.resources if r[0].startswith("kubernetes_secret")] == [("kubernetes_secret", "credentials")]
+    assert [r for r in module.resources if r[0].startswith("kubernetes_secret")] == [("kubernetes_secret_v1", "credentials")]
     assert not [d for d in module.data if d[0].startswith("kubernetes_secret")], "the template must not read secrets"
 
 
@@ -454,23 +509,62 @@ def test_pods_carry_the_reaper_labels(template):
 # --------------------------------------------------------------------------
 
 
-@templates
-def test_code_server_runs_in_the_workspace_container_without_its_own_auth(template):
-    body, script = _script(template, "code_server")
-    assert "--auth none --bind-addr 127.0.0.1:13337" in script
-    assert body["start_blocks_login"] is False
-    assert script.rstrip().endswith("exit 0")
-    app = _workspace_module(template).resource("coder_app", "code-server")
-    assert app["slug"] == "code-server"
-    assert app["url"] == "http://localhost:13337/?folder=${local.workspace_folder}"
-    assert _workspace_module(template).locals["workspace_folder"] == "/workspaces/${local.repo_name}"
-    assert app["subdomain"] is False
-    healthcheck = _one(app["healthcheck"], "healthcheck")
-    assert healthcheck == {"url": "http://localhost:13337/healthz", "interval": 5, "threshold": 6}
+# The vendor module, by reference: source and pinned version, and only inputs it declares.
+CODE_SERVER_SOURCE = "registry.coder.com/coder/code-server/coder"
+CODE_SERVER_VERSION = "1.5.2"
+# Input names of registry.coder.com/coder/code-server/coder 1.5.2 (variables of its main.tf in
+# github.com/coder/registry, registry/coder/modules/code-server, tag release/coder/code-server/v1.5.2).
+CODE_SERVER_INPUTS = {
+    "agent_id", "extensions", "port", "display_name", "slug", "settings", "machine_settings", "folder",
+    "workspace", "install_prefix", "log_path", "install_version", "share", "order", "group", "offline",
+    "use_cached", "use_cached_extensions", "extensions_dir", "auto_install_extensions", "subdomain",
+    "open_in", "additional_args",
+}
+
+
+def _code_server(template: str) -> dict:
+    return _workspace_module(template).modules["code-server"]
 
 
 @templates
-@pytest.mark.parametrize("script_name", ["codex_cli", "codex_extension", "codex_auth"])
+def test_code_server_is_the_vendor_module_pinned_by_version(template):
+    call = _code_server(template)
+    assert call["source"] == CODE_SERVER_SOURCE
+    assert call["version"] == CODE_SERVER_VERSION  # exact: a range would float to new code
+    inputs = set(call) - {"source", "version", "count"}
+    assert inputs <= CODE_SERVER_INPUTS, f"not inputs of the module: {sorted(inputs - CODE_SERVER_INPUTS)}"
+    assert call["count"] == "${data.coder_workspace.me.start_count}"
+    assert call["agent_id"] == "${coder_agent.main.id}"
+    assert call["folder"] == "${local.workspace_folder}"
+    assert call["subdomain"] is False
+    # Nothing of the module is copied here: no hand-rolled code-server script or app.
+    module = _workspace_module(template)
+    assert ("coder_script", "code_server") not in module.resources
+    assert not module.resources_of_type("coder_app")
+
+
+@templates
+def test_code_server_gets_the_codex_extension_through_its_extensions_input(template):
+    assert _code_server(template)["extensions"] == '${var.codex_enabled ? ["openai.chatgpt"] : []}'
+
+
+@templates
+def test_code_server_runs_what_the_image_ships_and_downloads_nothing(template):
+    """The module's installer (code-server.dev) and gallery (open-vsx.org) are outside every
+    environment's egress allowlist: use the image's code-server and extensions."""
+    call = _code_server(template)
+    assert call["use_cached"] is True and call["use_cached_extensions"] is True
+    assert "offline" not in call  # offline refuses any extensions input (a module precondition)
+    assert call["install_prefix"] == "${var.code_server_prefix}"
+    assert call["extensions_dir"] == "${var.code_server_extensions_dir}"
+    _, check = _script(template, "image_tools")
+    assert 'bin="${var.code_server_prefix}/bin/code-server"' in check
+    assert "MISSING: code-server is not in the devcontainer image" in check
+    assert "MISSING: the openai.chatgpt extension" in check
+
+
+@templates
+@pytest.mark.parametrize("script_name", ["codex_cli", "codex_auth"])
 def test_codex_scripts_are_best_effort_and_never_block_login(template, script_name):
     body, script = _script(template, script_name)
     assert body["start_blocks_login"] is False
@@ -481,11 +575,25 @@ def test_codex_scripts_are_best_effort_and_never_block_login(template, script_na
 
 
 @templates
-def test_codex_cli_and_vscode_extension_are_installed(template):
+def test_every_script_of_ours_fails_its_pipelines(template):
+    # Without pipefail `curl ... | tar` reports tar's status and a failed download looks fine.
+    module = _workspace_module(template)
+    scripts = module.resources_of_type("coder_script")
+    assert scripts, "no coder_script found"
+    for name, body in scripts.items():
+        lines = _heredoc(body["script"]).strip().splitlines()
+        assert lines[0] == "#!/usr/bin/env bash", name
+        assert re.fullmatch(r"set -[a-z]*o pipefail", lines[1]), f"{name}: second line is {lines[1]!r}"
+        assert body["start_blocks_login"] is False, name
+
+
+@templates
+def test_codex_cli_comes_from_the_image_or_a_pinned_github_release(template):
     _, cli = _script(template, "codex_cli")
-    assert "@openai/codex" in cli
-    _, extension = _script(template, "codex_extension")
-    assert "--install-extension openai.chatgpt" in extension
+    assert "npm" not in cli  # registries stay closed to workspaces
+    assert "https://github.com/openai/codex/releases/download/rust-v${var.codex_version}/codex-$triple.tar.gz" in cli
+    assert "releases/latest" not in cli
+    assert re.fullmatch(r"\d+\.\d+\.\d+", _root(template).variables["codex_version"]["default"])
 
 
 @templates

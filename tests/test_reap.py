@@ -294,15 +294,6 @@ def workspace_objects(kube, wid: str, name: str) -> None:
                           "spec": {"containers": [{"name": "dev", "image": "envbuilder"}]}})
 
 
-@pytest.fixture
-def kube(tmp_path):
-    from fakes.kube import FakeKube
-
-    fake = FakeKube().start()
-    yield fake
-    fake.stop()
-
-
 def test_orphans_and_resource_quota_after_a_database_reset(coderd, reap_env, kube, tmp_path):
     now = fake_now(coderd)
     ids = seed(coderd, [spec("dev", "running", lu=now - 5 * M, done=now - H),
@@ -346,6 +337,58 @@ def test_orphans_and_resource_quota_after_a_database_reset(coderd, reap_env, kub
     assert sorted(p["metadata"]["name"] for p in kube.objects("pods", NS)) == ["other-app", "unlabelled"]
     assert kube.objects("deployments", NS) == []
     assert_no_secret(result, CANARY_PASSWORD)
+
+
+GITHUB_CANARY = "gho_ReaperCanaryGithubToken00000000000000"
+AGENT_CANARY = "reaper-canary-agent-token-0f1e2d3c"
+
+
+def credentials_secret(kube, wid: str, name: str | None = None, labels: dict | None = None) -> None:
+    """The templates' Secret (modules/workspace/main.tf): name, labels and the two tokens."""
+    labels = {"app.kubernetes.io/name": "coder-workspace", "com.coder.workspace.id": wid} if labels is None else labels
+    kube.put("secrets", NS, {"metadata": {"name": name or f"coder-{wid}-credentials", "labels": labels},
+                             "type": "Opaque", "stringData": {"ENVBUILDER_GIT_PASSWORD": GITHUB_CANARY,
+                                                              "CODER_AGENT_TOKEN": AGENT_CANARY}})
+
+
+def test_orphaned_credentials_secret_is_reported_and_deleted_only_with_delete_orphans(coderd, reap_env, kube, tmp_path):
+    """A workspace deleted behind coderd's back (or a database reset) leaves its Secret with a
+    developer's GitHub token. Found like an orphaned pod; nothing else is touched."""
+    now = fake_now(coderd)
+    ids = seed(coderd, [spec("dev", "running", lu=now - 5 * M, done=now - H)])
+    running = next(iter(ids))
+    ghost = str(uuid.uuid4())
+    workspace_objects(kube, running, "running")
+    credentials_secret(kube, running)
+    credentials_secret(kube, ghost)  # its pod and Deployment are already gone
+    credentials_secret(kube, str(uuid.uuid4()), name="look-alike")  # labelled, but not the templates' name
+    kube.put("secrets", NS, {"metadata": {"name": "codex-auth-0"}, "stringData": {"auth.json": "{}"}})
+    before = sorted(o["metadata"]["name"] for o in kube.objects("secrets", NS))
+    env = {**reap_env, "REAP_WORKSPACE_NAMESPACE": NS, "KUBECONFIG": kube.kubeconfig(tmp_path / "kubeconfig")}
+
+    dry = run_job("reap", "--delete-orphans", "--dry-run", env=env)
+    assert dry.rc == 0, dry.output
+    orphan = f"secret/{NS}/coder-{ghost}-credentials"
+    assert [e["target"] for e in dry.find("orphan")] == [orphan]
+    assert dry.find("orphan")[0]["reason"].startswith("no such workspace in coderd")
+    assert summary(dry)["orphan_secrets"] == 1 and summary(dry)["deleted"] == 0
+    assert [e["target"] for e in dry.find("unlabelled")] == [f"secret/{NS}/look-alike"]
+    assert sorted(o["metadata"]["name"] for o in kube.objects("secrets", NS)) == before
+
+    reported = run_job("reap", env=env)  # without --delete-orphans: reported only
+    assert reported.rc == 0 and [e["target"] for e in reported.find("orphan")] == [orphan]
+    assert sorted(o["metadata"]["name"] for o in kube.objects("secrets", NS)) == before
+
+    result = run_job("reap", "--delete-orphans", env=env)
+    assert result.rc == 0, result.output
+    assert [e["target"] for e in result.find("deleted")] == [orphan]
+    assert summary(result)["deleted"] == 1
+    assert kube.get_object("secrets", NS, f"coder-{ghost}-credentials") is None
+    assert sorted(o["metadata"]["name"] for o in kube.objects("secrets", NS)) == sorted(
+        set(before) - {f"coder-{ghost}-credentials"})
+    assert len(kube.objects("pods", NS)) == 1 and len(kube.objects("deployments", NS)) == 1
+    for run in (dry, reported, result):
+        assert_no_secret(run, GITHUB_CANARY, AGENT_CANARY, CANARY_PASSWORD)
 
 
 def test_delete_orphans_needs_a_namespace(coderd, reap_env):

@@ -120,49 +120,84 @@ def test_totals_need_the_unfiltered_listing():
     assert client.queries == ["status:running"]
 
 
-def test_kube_checks_against_the_kubernetes_fake(tmp_path):
+def _api_client(kube, tmp_path):
+    import os
+
+    from jobs.reap import kube_api_client
+
+    os.environ["KUBECONFIG"] = kube.kubeconfig(tmp_path / "kc")
+    try:
+        return kube_api_client()
+    finally:
+        del os.environ["KUBECONFIG"]
+
+
+class IdClient(StubClient):
+    def workspaces_page(self, q, limit, offset):
+        rows = self.rows
+        if q.startswith("id:"):
+            wanted = set(q[3:].split(","))
+            rows = [r for r in rows if r.id in wanted]
+        self.queries.append(q)
+        self.server_date = self.date
+        return rows[offset:offset + limit], len(rows)
+
+
+def test_kube_checks_against_the_kubernetes_api(kube, tmp_path):
     import uuid as _uuid
 
-    from fakes.kube import FakeKube
-    from jobs.reap import kube_api_client
-    from tests.test_reap import NS, workspace_objects
+    from tests.test_reap import NS, credentials_secret, workspace_objects
 
-    kube = FakeKube().start()
+    running, stopped = ws("a", "run"), ws("a", "off", transition="stop")
+    ghost = str(_uuid.uuid4())
+    for w in (running, stopped):
+        workspace_objects(kube, w.id, w.name)
+        credentials_secret(kube, w.id)
+    workspace_objects(kube, ghost, "ghost")
+    credentials_secret(kube, ghost)
+    kube.put("resourcequotas", NS, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}},
+                                    "status": {"hard": {"pods": "10"}, "used": {"pods": "9"}}})
+    api = _api_client(kube, tmp_path)
     try:
-        running, stopped = ws("a", "run"), ws("a", "off", transition="stop")
-        ghost = str(_uuid.uuid4())
-        for w in (running, stopped):
-            workspace_objects(kube, w.id, w.name)
-        workspace_objects(kube, ghost, "ghost")
-        kube.put("resourcequotas", NS, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}},
-                                        "status": {"hard": {"pods": "10"}, "used": {"pods": "9"}}})
-
-        class IdClient(StubClient):
-            def workspaces_page(self, q, limit, offset):
-                rows = self.rows
-                if q.startswith("id:"):
-                    wanted = set(q[3:].split(","))
-                    rows = [r for r in rows if r.id in wanted]
-                self.queries.append(q)
-                self.server_date = self.date
-                return rows[offset:offset + limit], len(rows)
-
-        import os
-        os.environ["KUBECONFIG"] = kube.kubeconfig(tmp_path / "kc")
-        try:
-            api = kube_api_client()
-        finally:
-            del os.environ["KUBECONFIG"]
-        client = IdClient([running, stopped])
-        r = reaper(client, reap_workspace_namespace=NS)
+        r = reaper(IdClient([running, stopped]), reap_workspace_namespace=NS)
         r.kube = api
         doomed = r.kube_checks()
         assert sorted((k, wid) for k, _n, _u, wid in doomed) == sorted(
-            [("pod", stopped.id), ("deployment", stopped.id), ("pod", ghost), ("deployment", ghost)])
+            [(kind, wid) for kind in ("pod", "deployment", "secret") for wid in (stopped.id, ghost)])
         assert [e["percent"] for e in r.ctx.log.events if e["event"] == "quota-usage-high"] == [90.0]
         r.delete_orphans(doomed)
-        assert [p["metadata"]["labels"]["com.coder.workspace.id"] for p in kube.objects("pods", NS)] == [running.id]
-        assert r.counts["deleted"] == 4
-        api.close()
+        for kind in ("pods", "secrets"):
+            assert [o["metadata"]["labels"]["com.coder.workspace.id"] for o in kube.objects(kind, NS)] == [running.id]
+        assert r.counts["deleted"] == 6 and r.counts["orphan_secrets"] == 2
+        deleted = [e["target"].split("/")[0] for e in r.ctx.log.events if e["event"] == "deleted"]
+        assert deleted == ["deployment", "deployment", "pod", "pod", "secret", "secret"]  # credentials last
     finally:
-        kube.stop()
+        api.close()
+
+
+def test_secret_helpers_read_metadata_only_and_delete_with_a_uid_precondition(kube, tmp_path):
+    from jobs import kube as kube_helper
+    from tests.test_reap import AGENT_CANARY, GITHUB_CANARY, NS, credentials_secret
+
+    wid = "0f0e0d0c-0b0a-4909-8807-060504030201"
+    credentials_secret(kube, wid)
+    kube.put("secrets", NS, {"metadata": {"name": "unrelated"}, "stringData": {"k": "v"}})
+    name = f"coder-{wid}-credentials"
+    api = _api_client(kube, tmp_path)
+    try:
+        listed = list(kube_helper.list_secret_metadata(api, NS, "app.kubernetes.io/name=coder-workspace,com.coder.workspace.id",
+                                                       page_size=1))
+        assert [(m.name, m.labels["com.coder.workspace.id"]) for m in listed] == [(name, wid)]
+        assert GITHUB_CANARY not in repr(listed) and AGENT_CANARY not in repr(listed)
+        uid = kube.get_object("secrets", NS, name)["metadata"]["uid"]
+        assert listed[0].uid == uid
+        # A same-named successor (another uid) is never deleted.
+        with pytest.raises(kube_helper.KubeConflict):
+            kube_helper.delete_secret(api, NS, name, uid="00000000-0000-4000-8000-000000000000")
+        assert kube.get_object("secrets", NS, name) is not None
+        assert kube_helper.delete_secret(api, NS, name, uid) is True
+        assert kube.get_object("secrets", NS, name) is None
+        assert kube_helper.delete_secret(api, NS, name, uid) is False  # already gone
+        assert kube.get_object("secrets", NS, "unrelated") is not None
+    finally:
+        api.close()

@@ -141,3 +141,17 @@ def test_scan_property_stops_are_oldest_idle_and_all_idle_reported_once(specs, c
     assert [c.id for c in result.stops] == [w.id for w in expect]
     deferred = [e.details["workspace_id"] for e in events if e.kind == "deferred"]
     assert sorted(deferred + [c.id for c in result.stops]) == sorted(w.id for w in idle)
+
+
+def test_only_the_templates_credentials_secrets_belong_to_a_workspace():
+    from jobs.reap_plan import credentials_secret_workspace
+
+    wid = "5c7a3b0e-2f4d-4c61-9a57-0d6f1e2b3c4d"
+    label = {"com.coder.workspace.id": wid}
+    assert credentials_secret_workspace(f"coder-{wid}-credentials", label) == wid
+    assert credentials_secret_workspace(f"coder-{wid.upper()}-credentials", {"com.coder.workspace.id": wid.upper()}) is None
+    assert credentials_secret_workspace(f"coder-{wid}-credentials", {}) is None  # no label
+    assert credentials_secret_workspace("codex-auth-0", label) is None  # a slot secret, not ours
+    other = "6d8b4c1f-3a5e-4d72-8b68-1e7f2a3c4d5e"
+    assert credentials_secret_workspace(f"coder-{other}-credentials", label) is None  # name and label disagree
+    assert credentials_secret_workspace("coder-not-a-uuid-credentials", {"com.coder.workspace.id": "not-a-uuid"}) is None

@@ -1,6 +1,15 @@
 # The Coder agent and everything that runs inside the workspace container:
-# kubectl namespace context, code-server (same container, no sidecar) and the
+# kubectl namespace context, code-server (Coder's registry module, same container,
+# no sidecar), a check of the tools the devcontainer image must ship, and the
 # best-effort Codex tooling. No script here blocks login or readiness.
+#
+# Egress (chart/README.md, "One egress story"): workspaces reach only DNS, coderd,
+# the Coder access URL, Keycloak, GitHub, OpenAI (with Codex) and the Kubernetes
+# API. So nothing here downloads at start from anywhere else: code-server and the
+# openai.chatgpt extension are expected in the devcontainer image, and the one
+# download (the Codex CLI when the image lacks it) comes from GitHub releases.
+# tests/test_template_scripts.py runs every script below and cross-checks the
+# hosts against each environment's allowlist.
 
 resource "coder_agent" "main" {
   arch = data.coder_provisioner.me.arch
@@ -8,6 +17,8 @@ resource "coder_agent" "main" {
   dir  = local.workspace_folder
 
   env = {
+    # The per-user home; every session, script and app the agent starts uses it.
+    HOME                = local.home_dir
     WORKSPACE_NAMESPACE = var.namespace
     AMEIDE_ENVIRONMENT  = var.environment
     GIT_AUTHOR_NAME     = coalesce(data.coder_workspace_owner.me.full_name, data.coder_workspace_owner.me.name)
@@ -51,7 +62,7 @@ resource "coder_script" "kube_context" {
   start_blocks_login = false
   script             = <<-EOT
     #!/usr/bin/env bash
-    set -u
+    set -uo pipefail
     ns="${var.namespace}"
     sa=/var/run/secrets/kubernetes.io/serviceaccount
     if [ ! -s "$HOME/.kube/config" ] && [ -r "$sa/token" ]; then
@@ -86,47 +97,61 @@ resource "coder_script" "kube_context" {
   EOT
 }
 
-# code-server runs in the workspace container itself, bound to loopback and
-# reached only through the Coder agent.
-resource "coder_script" "code_server" {
+# code-server through Coder's registry module (a reference, pinned; never copied
+# here). use_cached / use_cached_extensions make it run what the image ships and
+# download nothing: its installer (code-server.dev) and extension gallery
+# (open-vsx.org) are not in the egress allowlist. If either is missing from the
+# image, the module's own download fails; image_tools below says why, clearly.
+module "code-server" {
+  count   = data.coder_workspace.me.start_count
+  source  = "registry.coder.com/coder/code-server/coder"
+  version = "1.5.2"
+
+  agent_id              = coder_agent.main.id
+  folder                = local.workspace_folder
+  install_prefix        = var.code_server_prefix
+  install_version       = var.code_server_version
+  use_cached            = true
+  extensions            = var.codex_enabled ? ["openai.chatgpt"] : []
+  extensions_dir        = var.code_server_extensions_dir
+  use_cached_extensions = true
+  subdomain             = false
+  order                 = 1
+}
+
+# What the devcontainer image must provide, checked at start with a message that
+# says what to add instead of a download that the egress policy drops.
+resource "coder_script" "image_tools" {
   agent_id           = coder_agent.main.id
-  display_name       = "code-server"
+  display_name       = "Devcontainer image check"
   icon               = "/icon/code.svg"
   run_on_start       = true
   start_blocks_login = false
   script             = <<-EOT
     #!/usr/bin/env bash
-    set -u
-    bin="$(command -v code-server || true)"
-    if [ -z "$bin" ]; then
-      bin=/tmp/code-server/bin/code-server
-      if [ ! -x "$bin" ]; then
-        echo "installing code-server ${var.code_server_version} to /tmp/code-server"
-        curl -fsSL https://code-server.dev/install.sh \
-          | sh -s -- --method=standalone --prefix=/tmp/code-server --version=${var.code_server_version} \
-          || { echo "code-server install failed"; exit 0; }
+    set -uo pipefail
+    missing=0
+    bin="${var.code_server_prefix}/bin/code-server"
+    if [ -x "$bin" ]; then
+      echo "code-server: $bin"
+    else
+      echo "MISSING: code-server is not in the devcontainer image (expected at $bin)."
+      echo "  Workspaces do not download it at start: code-server.dev is not in the egress allowlist."
+      echo "  Install it in .devcontainer/coder (e.g. the code-server .deb) or set code_server_prefix."
+      missing=1
+    fi
+    if [ "${var.codex_enabled}" = true ] && [ -x "$bin" ]; then
+      if "$bin" --extensions-dir "${var.code_server_extensions_dir}" --list-extensions 2>/dev/null | grep -qx 'openai.chatgpt'; then
+        echo "openai.chatgpt: installed in ${var.code_server_extensions_dir}"
+      else
+        echo "MISSING: the openai.chatgpt extension is not in ${var.code_server_extensions_dir}."
+        echo "  Workspaces do not download it at start: open-vsx.org is not in the egress allowlist."
+        echo "  Install it at image build: code-server --extensions-dir ${var.code_server_extensions_dir} --install-extension openai.chatgpt"
+        missing=1
       fi
     fi
-    "$bin" --auth none --bind-addr 127.0.0.1:13337 --disable-telemetry "${local.workspace_folder}" \
-      >/tmp/code-server.log 2>&1 &
-    exit 0
+    exit "$missing"
   EOT
-}
-
-resource "coder_app" "code-server" {
-  agent_id     = coder_agent.main.id
-  slug         = "code-server"
-  display_name = "code-server"
-  icon         = "/icon/code.svg"
-  url          = "http://localhost:13337/?folder=${local.workspace_folder}"
-  subdomain    = false
-  share        = "owner"
-
-  healthcheck {
-    url       = "http://localhost:13337/healthz"
-    interval  = 5
-    threshold = 6
-  }
 }
 
 # Seed Codex auth from the first mounted slot secret, in slot order.
@@ -139,7 +164,7 @@ resource "coder_script" "codex_auth" {
   start_blocks_login = false
   script             = <<-EOT
     #!/usr/bin/env bash
-    set -u
+    set -uo pipefail
     umask 077
     mkdir -p "$HOME/.codex"
     found=""
@@ -165,7 +190,9 @@ resource "coder_script" "codex_auth" {
   EOT
 }
 
-# Best-effort Codex CLI install; never fails the workspace.
+# The Codex CLI: the image's copy when it ships one (preferred: pinned at build
+# time), else the pinned GitHub release (github.com is allowed; npm is not, by
+# design). Best effort: never fails the workspace.
 resource "coder_script" "codex_cli" {
   count              = var.codex_enabled ? 1 : 0
   agent_id           = coder_agent.main.id
@@ -175,57 +202,27 @@ resource "coder_script" "codex_cli" {
   start_blocks_login = false
   script             = <<-EOT
     #!/usr/bin/env bash
-    set -u
+    set -uo pipefail
     if command -v codex >/dev/null 2>&1; then
-      echo "codex already installed: $(command -v codex)"
+      echo "codex: $(command -v codex) (from the image)"
       exit 0
     fi
+    case "$(uname -m)" in
+      x86_64 | amd64) triple=x86_64-unknown-linux-musl ;;
+      aarch64 | arm64) triple=aarch64-unknown-linux-musl ;;
+      *) echo "codex: no release build for $(uname -m); install it in the devcontainer image"; exit 0 ;;
+    esac
+    url="https://github.com/openai/codex/releases/download/rust-v${var.codex_version}/codex-$triple.tar.gz"
+    tmp="$(mktemp -d)"
     mkdir -p "$HOME/.local/bin"
-    if command -v npm >/dev/null 2>&1 && npm install -g --prefix "$HOME/.local" @openai/codex; then
-      echo "codex installed with npm"
+    if curl -fsSL --retry 2 --max-time 300 "$url" | tar -xz -C "$tmp" \
+      && install -m 0755 "$tmp/codex-$triple" "$HOME/.local/bin/codex"; then
+      echo "codex: ${var.codex_version} installed from $url"
     else
-      case "$(uname -m)" in
-        x86_64 | amd64) triple=x86_64-unknown-linux-musl ;;
-        aarch64 | arm64) triple=aarch64-unknown-linux-musl ;;
-        *) echo "codex: unsupported architecture $(uname -m)"; exit 0 ;;
-      esac
-      tmp="$(mktemp -d)"
-      curl -fsSL "https://github.com/openai/codex/releases/latest/download/codex-$triple.tar.gz" \
-        | tar -xz -C "$tmp" \
-        && install -m 0755 "$tmp/codex-$triple" "$HOME/.local/bin/codex" \
-        || echo "codex: install failed (continuing without it)"
-      rm -rf "$tmp"
+      echo "codex: download of $url failed; continuing without the Codex CLI (ship it in the devcontainer image)"
     fi
+    rm -rf "$tmp"
     grep -qs '.local/bin' "$HOME/.bashrc" || echo 'export PATH="$HOME/.local/bin:$PATH"' >>"$HOME/.bashrc" || true
-    exit 0
-  EOT
-}
-
-# Best-effort install of the Codex VS Code extension into code-server.
-resource "coder_script" "codex_extension" {
-  count              = var.codex_enabled ? 1 : 0
-  agent_id           = coder_agent.main.id
-  display_name       = "Codex VS Code extension"
-  icon               = "/icon/openai.svg"
-  run_on_start       = true
-  start_blocks_login = false
-  script             = <<-EOT
-    #!/usr/bin/env bash
-    set -u
-    bin=""
-    for _ in $(seq 1 60); do
-      bin="$(command -v code-server || true)"
-      if [ -z "$bin" ] && [ -x /tmp/code-server/bin/code-server ]; then
-        bin=/tmp/code-server/bin/code-server
-      fi
-      [ -n "$bin" ] && break
-      sleep 5
-    done
-    if [ -z "$bin" ]; then
-      echo "code-server not found; skipping openai.chatgpt"
-      exit 0
-    fi
-    "$bin" --install-extension openai.chatgpt || echo "could not install openai.chatgpt (continuing)"
     exit 0
   EOT
 }

@@ -17,9 +17,13 @@ locals {
   name             = "coder-${lower(data.coder_workspace.me.id)}"
   repo_name        = trimsuffix(basename(var.repo_url), ".git")
   workspace_folder = "/workspaces/${local.repo_name}"
-  home_dir         = "/home/coder"
+  username         = data.coder_workspace_owner.me.name
+  # Per-user home (spec: /home/<user>). The emptyDir is mounted there and the agent exports it
+  # as HOME, whatever user the devcontainer image runs as.
+  home_dir = "/home/${local.username}"
 
-  # Labels the reaper uses to find orphaned workspace pods. Keep them exact.
+  # Labels the reaper uses to find orphaned workspace pods, Deployments and credentials
+  # Secrets (jobs/reap.py). Keep them exact.
   labels = {
     "app.kubernetes.io/name"    = "coder-workspace"
     "app.kubernetes.io/part-of" = "coder"
@@ -44,11 +48,26 @@ locals {
   codex_auth_mount = "/var/run/codex-auth"
 }
 
-# The developer's GitHub token and the agent token live in a Secret, referenced by name:
-# every workspace's service account may read Deployments and Pods in this namespace (kubectl
-# inside the workspace), and must not read another developer's credentials from their env.
-# The workspace service account has no access to Secrets.
-resource "kubernetes_secret" "credentials" {
+locals {
+  # The developer's GitHub token and the agent token. They live only in the Secret below,
+  # referenced by name: every workspace's service account may read Deployments and Pods in
+  # this namespace (kubectl inside the workspace), and must not read another developer's
+  # credentials from their env. The workspace service account has no access to Secrets.
+  credentials = {
+    ENVBUILDER_GIT_PASSWORD = data.coder_external_auth.github.access_token
+    CODER_AGENT_TOKEN       = coder_agent.main.token
+  }
+
+  # The coder provider issues a new agent token on every plan, and coderd accepts only the
+  # latest build's. The pod reads the Secret only when it starts, so the pod template carries a
+  # hash of the credentials (never their value): a new token changes the template and rolls the
+  # pod onto it, as Coder's own examples do by putting the token in the pod env.
+  pod_annotations = {
+    "checksum/credentials" = sha256(jsonencode(local.credentials))
+  }
+}
+
+resource "kubernetes_secret_v1" "credentials" {
   count = data.coder_workspace.me.start_count
 
   metadata {
@@ -57,13 +76,10 @@ resource "kubernetes_secret" "credentials" {
     labels    = local.labels
   }
 
-  data = {
-    ENVBUILDER_GIT_PASSWORD = data.coder_external_auth.github.access_token
-    CODER_AGENT_TOKEN       = coder_agent.main.token
-  }
+  data = local.credentials
 }
 
-resource "kubernetes_deployment" "workspace" {
+resource "kubernetes_deployment_v1" "workspace" {
   count            = data.coder_workspace.me.start_count
   wait_for_rollout = false
 
@@ -91,7 +107,8 @@ resource "kubernetes_deployment" "workspace" {
 
     template {
       metadata {
-        labels = local.labels
+        labels      = local.labels
+        annotations = local.pod_annotations
       }
 
       spec {
@@ -125,7 +142,7 @@ resource "kubernetes_deployment" "workspace" {
             name = "ENVBUILDER_GIT_PASSWORD"
             value_from {
               secret_key_ref {
-                name = kubernetes_secret.credentials[0].metadata[0].name
+                name = kubernetes_secret_v1.credentials[0].metadata[0].name
                 key  = "ENVBUILDER_GIT_PASSWORD"
               }
             }
@@ -142,10 +159,20 @@ resource "kubernetes_deployment" "workspace" {
             name  = "ENVBUILDER_INIT_SCRIPT"
             value = coder_agent.main.init_script
           }
+          # When the devcontainer does not build, envbuilder starts this image instead of
+          # exiting (which would restart the pod in a loop with no way in to fix it).
           dynamic "env" {
             for_each = var.fallback_image == "" ? [] : [var.fallback_image]
             content {
               name  = "ENVBUILDER_FALLBACK_IMAGE"
+              value = env.value
+            }
+          }
+          # Layer cache in a registry; empty (the default) = no cache, every start builds.
+          dynamic "env" {
+            for_each = var.cache_repo == "" ? [] : [var.cache_repo]
+            content {
+              name  = "ENVBUILDER_CACHE_REPO"
               value = env.value
             }
           }
@@ -157,7 +184,7 @@ resource "kubernetes_deployment" "workspace" {
             name = "CODER_AGENT_TOKEN"
             value_from {
               secret_key_ref {
-                name = kubernetes_secret.credentials[0].metadata[0].name
+                name = kubernetes_secret_v1.credentials[0].metadata[0].name
                 key  = "CODER_AGENT_TOKEN"
               }
             }

@@ -34,12 +34,32 @@ variable "envbuilder_image" {
 
 variable "fallback_image" {
   type        = string
-  description = "Optional envbuilder fallback image; empty disables it."
+  description = "envbuilder fallback image pinned by digest; empty disables it."
+}
+
+variable "cache_repo" {
+  type        = string
+  description = "envbuilder layer cache repository; empty = no cache."
+}
+
+variable "code_server_prefix" {
+  type        = string
+  description = "Prefix of the image's code-server (<prefix>/bin/code-server)."
+}
+
+variable "code_server_extensions_dir" {
+  type        = string
+  description = "Extensions directory of the image's code-server (holds openai.chatgpt)."
 }
 
 variable "code_server_version" {
   type        = string
-  description = "code-server version installed when the image lacks code-server."
+  description = "code-server version the module would install if the image lacked it."
+}
+
+variable "codex_version" {
+  type        = string
+  description = "Codex CLI release (GitHub rust-v<version>) downloaded when the image lacks codex."
 }
 
 variable "codex_enabled" {
