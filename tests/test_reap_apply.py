@@ -1,4 +1,5 @@
-"""The reaper's apply step against a stub client: 409 busy, re-check, failures, Date header as now."""
+"""The reaper's apply step against a stub client: 409 busy, re-check, failures, Date header as now;
+its Kubernetes checks against the real API server."""
 
 from __future__ import annotations
 
@@ -120,39 +121,35 @@ def test_totals_need_the_unfiltered_listing():
     assert client.queries == ["status:running"]
 
 
-def test_kube_checks_against_the_kubernetes_fake(tmp_path):
+def test_kube_checks_against_the_real_kubernetes_api(kube, tmp_path, monkeypatch):
     import uuid as _uuid
 
-    from fakes.kube import FakeKube
     from jobs.reap import kube_api_client
     from tests.test_reap import NS, workspace_objects
 
-    kube = FakeKube().start()
+    running, stopped = ws("a", "run"), ws("a", "off", transition="stop")
+    ghost = str(_uuid.uuid4())
+    for w in (running, stopped):
+        workspace_objects(kube, w.id, w.name)
+    workspace_objects(kube, ghost, "ghost")
+    # The usage a quota controller would have written (there is none here): through the status subresource.
+    kube.put("resourcequotas", NS, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}},
+                                    "status": {"hard": {"pods": "10"}, "used": {"pods": "9"}}})
+
+    class IdClient(StubClient):
+        def workspaces_page(self, q, limit, offset):
+            rows = self.rows
+            if q.startswith("id:"):
+                wanted = set(q[3:].split(","))
+                rows = [r for r in rows if r.id in wanted]
+            self.queries.append(q)
+            self.server_date = self.date
+            return rows[offset:offset + limit], len(rows)
+
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("KUBECONFIG", kube.kubeconfig(tmp_path / "kc"))
+    api = kube_api_client()
     try:
-        running, stopped = ws("a", "run"), ws("a", "off", transition="stop")
-        ghost = str(_uuid.uuid4())
-        for w in (running, stopped):
-            workspace_objects(kube, w.id, w.name)
-        workspace_objects(kube, ghost, "ghost")
-        kube.put("resourcequotas", NS, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}},
-                                        "status": {"hard": {"pods": "10"}, "used": {"pods": "9"}}})
-
-        class IdClient(StubClient):
-            def workspaces_page(self, q, limit, offset):
-                rows = self.rows
-                if q.startswith("id:"):
-                    wanted = set(q[3:].split(","))
-                    rows = [r for r in rows if r.id in wanted]
-                self.queries.append(q)
-                self.server_date = self.date
-                return rows[offset:offset + limit], len(rows)
-
-        import os
-        os.environ["KUBECONFIG"] = kube.kubeconfig(tmp_path / "kc")
-        try:
-            api = kube_api_client()
-        finally:
-            del os.environ["KUBECONFIG"]
         client = IdClient([running, stopped])
         r = reaper(client, reap_workspace_namespace=NS)
         r.kube = api
@@ -162,7 +159,8 @@ def test_kube_checks_against_the_kubernetes_fake(tmp_path):
         assert [e["percent"] for e in r.ctx.log.events if e["event"] == "quota-usage-high"] == [90.0]
         r.delete_orphans(doomed)
         assert [p["metadata"]["labels"]["com.coder.workspace.id"] for p in kube.objects("pods", NS)] == [running.id]
+        assert [d["metadata"]["labels"]["com.coder.workspace.id"] for d in kube.objects("deployments", NS)] == [running.id]
         assert r.counts["deleted"] == 4
-        api.close()
+        assert {(w.method, w.status) for w in kube.writes()} == {("DELETE", 200)}
     finally:
-        kube.stop()
+        api.close()
