@@ -221,6 +221,11 @@ class Cluster:
         return self.proxy.url
 
     @property
+    def version(self) -> str:
+        """What the server says it is (GET /version)."""
+        return self._check(self.http.get("/version")).json()["gitVersion"]
+
+    @property
     def faults(self):
         return self.proxy.faults
 
