@@ -1,7 +1,8 @@
 """coder-jobs benchmarks: `./dev bench` (= `.venv/bin/python -m benchmarks`).
 
 Every figure comes from the real CLI run as its own process (as a Kubernetes Job runs it)
-against the in-process fakes; request counts come from the fakes' request logs.
+against the in-process coderd fake or the real kube-apiserver (`tests/kube/`, built on first
+use); request counts come from the coderd fake's request log and the API server's audit log.
 
     python -m benchmarks                       # everything, reaper at 1,000 / 10,000 / 50,000
     python -m benchmarks --quick               # reaper at 1,000 / 5,000, fewer repeats
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import os
 import platform
@@ -36,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from benchmarks import reap_scale  # noqa: E402
 from fakes.coderd import FakeCoderd  # noqa: E402
-from fakes.kube import FakeKube  # noqa: E402
+from tests.kube.cluster import JOBS, Cluster, running_cluster  # noqa: E402
 
 TEMPLATES_DIR = REPO / "chart" / "files" / "coder-templates"
 ADMIN = {"CODER_ADMIN_USERNAME": "platform-admin", "CODER_ADMIN_EMAIL": "platform-admin@ameide.io",
@@ -111,7 +113,24 @@ def coderd_env(fake: FakeCoderd, templates: Path = TEMPLATES_DIR) -> dict[str, s
 # ---------------------------------------------------------------------------- no-op cost
 
 
-def bench_noop(report: Report, repeat: int) -> None:
+def seed_external_auth(kube: Cluster, ns: str = "coder") -> None:
+    b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
+    kube.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-id"}, "data": {"value": b64("Iv1.bench\n")}})
+    kube.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-secret"},
+                            "data": {"value": b64("0123456789abcdef0123456789abcdef01234567\n")}})
+    labels = {"app.kubernetes.io/name": "coder"}
+    kube.put("deployment", ns, {"metadata": {"name": "coder", "labels": labels}, "spec": {
+        "replicas": 1, "selector": {"matchLabels": labels},
+        "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "coder", "image": "coder"}]}}}})
+
+
+def audited_routes(kube: Cluster) -> Counter:
+    """The job's requests as the API server audited them: `verb resource/name`."""
+    return Counter(f"{e['verb']} {e['objectRef'].get('resource', '')}/{e['objectRef'].get('name', '')}"
+                   for e in kube.audit(JOBS))
+
+
+def bench_noop(report: Report, repeat: int, kube: Cluster) -> None:
     print("\n## No-op cost (everything already converged)")
     with FakeCoderd(provisioner_delay=0.0) as fake:
         env = coderd_env(fake)
@@ -129,16 +148,10 @@ def bench_noop(report: Report, repeat: int) -> None:
         report.add("No-op", "`recover`: whole-process wall time", median_wall(walls))
         print(f"  wall: {median_wall(walls)}")
 
-    with FakeKube() as kube, tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:
         ns = "coder"
-        b64 = lambda s: base64.b64encode(s.encode()).decode()  # noqa: E731
-        kube.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-id"}, "data": {"value": b64("Iv1.bench\n")}})
-        kube.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-secret"},
-                                "data": {"value": b64("0123456789abcdef0123456789abcdef01234567\n")}})
-        labels = {"app.kubernetes.io/name": "coder"}
-        kube.put("deployment", ns, {"metadata": {"name": "coder", "labels": labels}, "spec": {
-            "replicas": 1, "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "coder", "image": "coder"}]}}}})
+        kube.reset()
+        seed_external_auth(kube, ns)
         env = {"KUBECONFIG": kube.kubeconfig(Path(tmp) / "kubeconfig", namespace=ns), "POD_NAMESPACE": ns,
                "CODER_DEPLOYMENT": "coder"}
         run_job(["sync-external-auth"], env)
@@ -147,9 +160,10 @@ def bench_noop(report: Report, repeat: int) -> None:
             kube.clear_log()
             wall, _proc = run_job(["sync-external-auth"], env)
             walls.append(wall)
-            routes = by_route(kube)
+            routes = audited_routes(kube)
             assert not kube.writes(), "the no-op sync wrote"
-        print_routes("sync-external-auth, Kubernetes API", routes)
+            assert sum(routes.values()) == len(kube.requests()), "the audit log and the proxy disagree"
+        print_routes(f"sync-external-auth, Kubernetes API (real kube-apiserver {kube.version}, audit log)", routes)
         total = sum(routes.values())
         report.add("No-op", "`sync-external-auth`: Kubernetes requests", str(total), f"≤ {NOOP_KUBE_GOAL}",
                    total <= NOOP_KUBE_GOAL)
@@ -178,13 +192,13 @@ def import_profile(stderr: str) -> tuple[float, set[str], list[tuple[int, str]]]
     return total_us / 1000, packages, sorted(top, reverse=True)[:5]
 
 
-def bench_startup(report: Report, repeat: int) -> None:
+def bench_startup(report: Report, repeat: int, kube: Cluster) -> None:
     print("\n## Start-up: python -X importtime (sum of every module's own import time)")
     with FakeCoderd(provisioner_delay=0.0) as fake:
         env = coderd_env(fake)
         run_job(["bootstrap-admin"], env)
         with tempfile.TemporaryDirectory() as tmp:
-            kube = FakeKube().start()
+            kube.reset()
             try:
                 kube_env = {"KUBECONFIG": kube.kubeconfig(Path(tmp) / "kubeconfig", namespace="coder"),
                             "POD_NAMESPACE": "coder"}
@@ -217,7 +231,7 @@ def bench_startup(report: Report, repeat: int) -> None:
                     report.add("Start-up", f"{title}: `kubernetes` imported", "yes" if imported else "no",
                                "yes" if needs_kube else "no", ok)
             finally:
-                kube.stop()
+                kube.reset()
 
 
 # ---------------------------------------------------------------------------- reaper at scale
@@ -389,10 +403,13 @@ def main(argv: list[str] | None = None) -> int:
     sections = set((args.only or "noop,startup,reap,republish").split(","))
     report = Report()
     started = time.perf_counter()
-    if "noop" in sections:
-        bench_noop(report, repeat)
-    if "startup" in sections:
-        bench_startup(report, repeat)
+    with contextlib.ExitStack() as stack:
+        # The real kube-apiserver, only when a section runs sync-external-auth (built on first use).
+        kube = stack.enter_context(running_cluster()) if sections & {"noop", "startup"} else None
+        if "noop" in sections:
+            bench_noop(report, repeat, kube)
+        if "startup" in sections:
+            bench_startup(report, repeat, kube)
     if "reap" in sections:
         bench_reap(report, sizes)
     if "republish" in sections:

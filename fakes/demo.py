@@ -1,9 +1,10 @@
-"""The whole coder-jobs lifecycle on a laptop, against the same fakes the tests use.
+"""The whole coder-jobs lifecycle on a laptop, against what the tests use: the coderd fake and
+a real kube-apiserver + etcd (built from `tests/kube/` on first use, cached in `.cache/kube/`).
 
     ./dev demo
 
 Each step runs the real `coder-jobs` CLI in its own process (as a Kubernetes Job would) and
-then shows what the fakes saw: requests by kind, and what changed.
+then shows what the servers saw: requests by kind, and what changed.
 """
 
 from __future__ import annotations
@@ -63,28 +64,29 @@ def seed_workspaces(fake: FakeCoderd) -> None:
 
 
 def external_auth_step(workdir: Path) -> int:
-    """Step 0: sync-external-auth against a Kubernetes API fake (create, no-op, rotation)."""
+    """Step 0: sync-external-auth against the real Kubernetes API server (create, no-op, rotation)."""
     import base64
 
-    from fakes.kube import FakeKube
+    from tests.kube.cluster import JOBS, Cluster, running_cluster
 
     def b64(s: str) -> str:
         return base64.b64encode(s.encode()).decode()
 
-    def show_kube(fake: FakeKube) -> None:
+    def show_kube(fake: Cluster) -> None:
+        audited = len(fake.audit(JOBS))
         writes = Counter(f"{r.method} {r.path.split('/')[-2] if r.method != 'POST' else r.path.split('/')[-1]}"
                          for r in fake.writes())
-        total = len(fake.requests())
         fake.clear_log()
         target = fake.get_object("secret", "coder", "coder-external-auth-github")
         checksum = ((target or {}).get("metadata", {}).get("annotations") or {}).get("coder-jobs.ameide.io/checksum", "")
-        print(f"   kube saw {total} requests; writes: {dict(writes) or 'none'}")
+        print(f"   kube-apiserver audited {audited} requests from the job; writes: {dict(writes) or 'none'}")
         print(f"   target keys: {sorted((target or {}).get('data') or {})}  checksum: {checksum[:19] or '-'}  "
               f"coderd rollouts: {len(fake.rollouts('coder', 'coder'))}  events: "
               f"{[e['reason'] for e in fake.objects('event', 'coder')]}")
 
     failures = 0
-    with FakeKube() as kube:
+    with running_cluster() as kube:
+        print(f"   kube-apiserver {kube.version} (real) on {kube.server.url}, jobs through {kube.url}")
         labels = {"app.kubernetes.io/name": "coder"}
         kube.put("deployment", "coder", {"metadata": {"name": "coder", "labels": labels}, "spec": {
             "replicas": 1, "selector": {"matchLabels": labels},

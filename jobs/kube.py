@@ -214,7 +214,8 @@ def create_secret(api: k8s.ApiClient, ns: str, body: k8s.V1Secret | Mapping[str,
 
 def replace_secret(api: k8s.ApiClient, ns: str, body: k8s.V1Secret | Mapping[str, Any]) -> k8s.V1Secret:
     """PUT with metadata.resourceVersion (required: an update without it would be unconditional).
-    Stale resourceVersion -> KubeConflict; deleted meanwhile -> KubeNotFound."""
+    Stale resourceVersion -> KubeConflict. Deleted meanwhile -> KubeConflict too when the body
+    carries the uid it was read with (the API server checks it as a precondition), else KubeNotFound."""
     if not _resource_version_of(body):
         raise ValueError("replace_secret needs metadata.resourceVersion (optimistic concurrency)")
     name = _name_of(body)

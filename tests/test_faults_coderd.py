@@ -83,7 +83,7 @@ def assert_job_converged(job, coderd, result, seeded):
 @pytest.mark.parametrize("job", CODER_JOBS)
 def test_job_waits_for_a_coderd_that_refuses_then_answers_503_for_less_than_the_deadline(coderd, job_envs, job):
     prepare(job, coderd)
-    down_at_start(coderd, refuse_s=1.0, then_503_s=1.0)
+    down_at_start(coderd, refuse=1, unavailable=1)
 
     result, seeded = run_and_check(job, coderd, job_envs, {"CODER_READY_TIMEOUT": "6"})
 

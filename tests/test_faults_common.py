@@ -1,7 +1,7 @@
 """Shared helpers for the fault-injection suite (tests/test_faults_*.py). No tests here.
 
-Every fault test runs the real CLI in a subprocess against a fake, then asserts on the
-fake's *state*: which templates, versions, users, stop builds and Secrets exist, not only
+Every fault test runs the real CLI in a subprocess against the coderd fake or the real
+Kubernetes API server (through the fault proxy), then asserts on the server's *state*: which templates, versions, users, stop builds and Secrets exist, not only
 on the exit code.
 """
 
@@ -56,13 +56,11 @@ def prepare(job: str, fake: FakeCoderd) -> None:
 # ---------------------------------------------------------------------------- faults
 
 
-def down_at_start(fake: FakeServer, refuse_s: float, then_503_s: float) -> None:
-    """A coderd that is starting: the port is closed for `refuse_s`, then a proxy answers 503
-    for `then_503_s` more, then it serves."""
-    fake.unavailable_for(refuse_s, mode="refuse")
-    with fake.lock:
-        fake.faults.unavailable_mode = "503"
-        fake.faults.unavailable_until = time.monotonic() + refuse_s + then_503_s
+def down_at_start(fake: FakeServer, refuse: int, unavailable: int) -> None:
+    """A server that is starting: the first `refuse` connections are refused, then a proxy
+    answers 503 to the next `unavailable` requests, then it serves. Counted in requests, not
+    seconds, so a slow process start cannot miss the outage."""
+    fake.down_for_requests(refuse=refuse, unavailable=unavailable)
 
 
 @contextmanager

@@ -1,4 +1,5 @@
-"""Fault injection for sync-external-auth against the Kubernetes API fake.
+"""Fault injection for sync-external-auth against the real Kubernetes API server, through the
+fault proxy (refused connections, 503, 5xx, latency, resets, 429: all counted in requests).
 
 State invariants after every faulty run: the two source Secrets are untouched, nothing is
 ever deleted, and the target Secret is either as it was before the run or complete with the
@@ -17,11 +18,10 @@ from __future__ import annotations
 
 import base64
 import threading
-import time
 
 import pytest
 
-from fakes.kube import FakeKube
+from jobs.kube import READ_ATTEMPTS
 from jobs.sync_external_auth import (
     CHECKSUM_ANNOTATION,
     DEPLOYMENT_ANNOTATION,
@@ -33,6 +33,7 @@ from jobs.sync_external_auth import (
     checksum,
 )
 from tests.conftest import CANARY_CLIENT_SECRET, assert_no_secret, run_job
+from tests.kube.cluster import Cluster
 from tests.test_faults_common import (
     assert_clean_failure,
     assert_no_traceback,
@@ -64,26 +65,21 @@ def values(client_secret: str) -> dict[str, str]:
     return {KEY_ID: "github", KEY_TYPE: "github", KEY_CLIENT_ID: CLIENT_ID, KEY_CLIENT_SECRET: client_secret}
 
 
-@pytest.fixture(scope="module")
-def kube_api():
-    with FakeKube() as fake:
-        yield fake
-
-
 @pytest.fixture
-def kube(kube_api):
-    kube_api.reset()
-    set_source(kube_api, ID_SECRET, CLIENT_ID + "\n")
-    set_source(kube_api, SECRET_SECRET, OLD_SECRET + "\n")
+def kube(kube):
+    """The real API server (emptied, no faults), with the two sources and coderd's Deployment."""
+    set_source(kube, ID_SECRET, CLIENT_ID + "\n")
+    set_source(kube, SECRET_SECRET, OLD_SECRET + "\n")
     labels = {"app.kubernetes.io/name": "coder"}
-    kube_api.put("deployment", NS, {
+    kube.put("deployment", NS, {
         "metadata": {"name": "coder", "labels": labels},
         "spec": {"replicas": 1, "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels},
                               "spec": {"containers": [{"name": "coder", "image": "ghcr.io/coder/coder:v2.22.0",
                                                        "envFrom": [{"secretRef": {"name": TARGET}}]}]}}}})
-    yield kube_api
-    kube_api.clear_faults()
+    kube.clear_log()
+    yield kube
+    kube.clear_faults()
 
 
 @pytest.fixture
@@ -92,20 +88,20 @@ def env(kube, tmp_path):
             "CODER_DEPLOYMENT": "coder"}
 
 
-def set_source(fake: FakeKube, name: str, value: str) -> None:
+def set_source(fake: Cluster, name: str, value: str) -> None:
     fake.put("secret", NS, {"metadata": {"name": name}, "data": {"value": b64(value)}})
 
 
-def target(fake: FakeKube) -> dict | None:
+def target(fake: Cluster) -> dict | None:
     return fake.get_object("secret", NS, TARGET)
 
 
-def target_values(fake: FakeKube) -> dict[str, str] | None:
+def target_values(fake: Cluster) -> dict[str, str] | None:
     t = target(fake)
     return None if t is None else {k: base64.b64decode(v).decode() for k, v in (t.get("data") or {}).items()}
 
 
-def rolled_checksum(fake: FakeKube) -> str | None:
+def rolled_checksum(fake: Cluster) -> str | None:
     dep = fake.get_object("deployment", NS, "coder")
     return (dep["spec"]["template"]["metadata"].get("annotations") or {}).get(DEPLOYMENT_ANNOTATION)
 
@@ -114,7 +110,7 @@ def sync(env: dict, **kw):
     return run_job("sync-external-auth", env=env, **kw)
 
 
-def rotate(fake: FakeKube, env: dict) -> None:
+def rotate(fake: Cluster, env: dict) -> None:
     """Converge on the old client secret, then rotate it in the source: the next run must update."""
     first = sync(env)
     assert first.rc == 0, first.output
@@ -122,7 +118,7 @@ def rotate(fake: FakeKube, env: dict) -> None:
     fake.clear_log()
 
 
-def assert_safe(fake: FakeKube, before: dict[str, str] | None, after: dict[str, str]) -> None:
+def assert_safe(fake: Cluster, before: dict[str, str] | None, after: dict[str, str]) -> None:
     """Sources intact, nothing deleted, target either untouched or completely new."""
     assert base64.b64decode(fake.get_object("secret", NS, SECRET_SECRET)["data"]["value"]).decode().strip() in (
         OLD_SECRET, NEW_SECRET)
@@ -132,7 +128,7 @@ def assert_safe(fake: FakeKube, before: dict[str, str] | None, after: dict[str, 
     assert now in (before, after), now
 
 
-def assert_converged(fake: FakeKube, client_secret: str) -> None:
+def assert_converged(fake: Cluster, client_secret: str) -> None:
     want = values(client_secret)
     assert target_values(fake) == want
     annotations = target(fake)["metadata"].get("annotations") or {}
@@ -141,7 +137,7 @@ def assert_converged(fake: FakeKube, client_secret: str) -> None:
     assert rolled_checksum(fake) == checksum(want)
 
 
-def converge_again(fake: FakeKube, env: dict, client_secret: str) -> None:
+def converge_again(fake: Cluster, env: dict, client_secret: str) -> None:
     fake.clear_faults()
     again = sync(env)
     assert again.rc == 0, again.output
@@ -152,32 +148,34 @@ def converge_again(fake: FakeKube, env: dict, client_secret: str) -> None:
 
 
 def test_sync_waits_for_a_kubernetes_api_that_refuses_then_answers_503_briefly(kube, env):
-    down_at_start(kube, refuse_s=0.7, then_503_s=0.7)
+    down_at_start(kube, refuse=2, unavailable=1)  # fewer failures than the read's attempts, however slow
 
     result = sync(env)
 
     assert result.rc == 0, result.output
+    assert (kube.faults.refuse_next, kube.faults.unavailable_next) == (0, 0)  # the whole outage was met
+    assert kube.requests()[0].status == 503  # refused connections never reach the log
     assert result.find("Kubernetes read failed; retrying")
     assert_converged(kube, OLD_SECRET)
 
 
 @pytest.mark.parametrize("mode", ["refuse", "503"])
-def test_sync_gives_up_on_a_kubernetes_api_down_for_longer_than_its_retries_and_writes_nothing(tmp_path, mode):
-    with FakeKube() as down:  # its own server: the port stays closed after the test
-        set_source(down, ID_SECRET, CLIENT_ID)
-        set_source(down, SECRET_SECRET, OLD_SECRET)
-        env = {"KUBECONFIG": down.kubeconfig(tmp_path / "kubeconfig", namespace=NS), "POD_NAMESPACE": NS}
-        down.unavailable_for(60, mode=mode)
-        started = time.monotonic()
+def test_sync_gives_up_on_a_kubernetes_api_down_for_longer_than_its_retries_and_writes_nothing(kube, env, mode):
+    outage = 10**6  # longer than any retry budget: the job's own limits decide
+    kube.down_for_requests(**{"refuse" if mode == "refuse" else "unavailable": outage})
 
-        result = sync(env)
+    result = sync(env)
 
-        assert time.monotonic() - started < 10
-        message = assert_clean_failure(result, f"read Secret {NS}/{ID_SECRET}")
-        assert ("HTTP 503" if mode == "503" else "cannot reach the Kubernetes API") in message
-        if mode == "refuse":
-            assert f"port={down.url.rsplit(':', 1)[1]}" in message  # where it tried
-        assert down.get_object("secret", NS, TARGET) is None
+    message = assert_clean_failure(result, f"read Secret {NS}/{ID_SECRET}")
+    assert ("HTTP 503" if mode == "503" else "cannot reach the Kubernetes API") in message
+    if mode == "refuse":
+        assert f"port={kube.url.rsplit(':', 1)[1]}" in message  # where it tried
+        tried = outage - kube.faults.refuse_next
+        assert READ_ATTEMPTS <= tried <= READ_ATTEMPTS * 4, tried  # urllib3's Retry(3) inside each of our attempts
+    else:
+        assert outage - kube.faults.unavailable_next == READ_ATTEMPTS  # a 503 without Retry-After: ours alone
+    kube.clear_faults()
+    assert target(kube) is None and kube.writes() == []
 
 
 # ---------------------------------------------------------------------------- 30% random 5xx
@@ -249,7 +247,7 @@ def test_sync_waits_at_least_retry_after_on_429_then_converges(kube, env, path):
 
     assert result.rc == 0, result.output
     assert_converged(kube, OLD_SECRET)
-    [gap] = gaps_after_429(kube)
+    [gap] = gaps_after_429(kube.proxy)
     assert gap >= 2.0, gap
 
 
@@ -265,7 +263,7 @@ def test_conflicts_on_the_update_are_re_read_and_converge_keeping_the_other_writ
     assert result.rc == 0, result.output
     assert len(result.find("reading it again")) == 2
     assert_converged(kube, NEW_SECRET)
-    assert target(kube)["metadata"]["annotations"]["fake/touched"] == "2"  # their write survived ours
+    assert target(kube)["metadata"]["annotations"]["test/touched"] == "2"  # their write survived ours
     assert len(kube.rollouts(NS, "coder")) == 2
 
 
@@ -327,7 +325,7 @@ def test_sync_killed_by_sigterm_while_rolling_coderd_exits_1_promptly_and_the_ne
     killed = threading.Event()
 
     def slow_deployment_read(fake, record):  # the Secret is written; the roll has not happened yet
-        if fake is kube and record.method == "GET" and record.path.endswith("/deployments/coder"):
+        if fake is kube.proxy and record.method == "GET" and record.path.endswith("/deployments/coder"):
             killed.wait(5)
 
     with record_hook(slow_deployment_read):

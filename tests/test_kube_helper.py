@@ -1,10 +1,11 @@
 """jobs.kube: client and namespace resolution, the typed helpers, error conversion and retries,
-against FakeKube through the real kubernetes client."""
+against the real kube-apiserver (through the fault proxy) with the real kubernetes client."""
 
 from __future__ import annotations
 
 import base64
 import json
+import re
 import subprocess
 import sys
 
@@ -57,7 +58,7 @@ def test_api_client_from_kubeconfig_leaves_the_global_default_alone(fake, api):
     assert k8s.Configuration.get_default_copy().host != fake.url
     assert kube.read_secret(api, NS, "nope") is None
     (req,) = fake.requests("GET", r"/secrets/nope$")
-    assert req.headers["authorization"] == "Bearer fake-token"
+    assert req.headers["authorization"] == f"Bearer {fake.server.job_token}"
 
 
 def test_api_client_in_cluster(tmp_path, monkeypatch):
@@ -138,15 +139,27 @@ def test_secret_create_read_replace_with_resource_version(fake, api):
         kube.replace_secret(api, NS, got)
 
 
-def test_replace_of_a_deleted_secret_is_not_found(fake, api):
+def test_replace_of_a_deleted_secret_is_a_conflict_on_its_uid(fake, api):
+    # The object we read carries its uid: the real server checks it as a precondition and
+    # answers 409 (not 404), so the caller re-reads, exactly as after a stale resourceVersion.
     kube.create_secret(api, NS, {"metadata": {"name": "gone"}, "data": {}})
     s = kube.read_secret(api, NS, "gone")
     fake.delete_object("secret", NS, "gone")
-    with pytest.raises(kube.KubeNotFound):
+    with pytest.raises(kube.KubeConflict) as exc:
         kube.replace_secret(api, NS, s)
+    assert "Precondition failed: UID in precondition" in str(exc.value)
+    assert kube.read_secret(api, NS, "gone") is None
 
 
 # ------------------------------------------------------------------ errors and retries
+
+
+def test_a_503_with_retry_after_on_a_read_is_repeated_by_the_client_itself(fake, api):
+    # urllib3's default Retry repeats a GET answered 503 + Retry-After (what the module docstring relies on).
+    fake.put("secret", NS, {"metadata": {"name": "s"}, "data": {"k": b64("v")}})
+    fake.fail_next(503, n=1, path_regex=r"/secrets/s$", method="GET")
+    assert kube.read_secret(api, NS, "s") is not None
+    assert [r.status for r in fake.requests("GET", r"/secrets/s$")] == [503, 200]
 
 
 def test_read_retries_5xx_then_succeeds(fake, api):
@@ -161,7 +174,7 @@ def test_read_gives_up_with_status_and_message(fake, api):
     with pytest.raises(kube.KubeAPIError) as exc:
         kube.read_secret(api, NS, "s")
     assert exc.value.status == 500 and exc.value.exit_code == 1
-    assert str(exc.value) == f"read Secret {NS}/s: HTTP 500 InternalError: Internal error occurred: fake: injected failure"
+    assert str(exc.value) == f"read Secret {NS}/s: HTTP 500 InternalError: injected fault 500"
     assert len(fake.requests("GET", r"/secrets/s$")) == kube.READ_ATTEMPTS
 
 
@@ -222,7 +235,7 @@ def test_patch_pod_template_annotations_is_a_merge_patch(fake, api):
     assert kube.read_deployment(api, NS, "missing") is None
 
 
-def test_record_event(fake, api):
+def test_record_event_is_accepted_by_the_real_server_and_reads_back_through_both_event_apis(fake, api):
     s = kube.create_secret(api, NS, {"metadata": {"name": "target"}, "data": {}})
     kube.record_event(api, kube.ObjectRef.of(s, kind="Secret", api_version="v1"), "SomethingHappened", "a message",
                       action="Update")
@@ -234,6 +247,25 @@ def test_record_event(fake, api):
     assert ev["reportingComponent"] == "coder-jobs" and ev["reportingInstance"] and ev["action"] == "Update"
     assert ev["eventTime"] and ev["firstTimestamp"] and ev["lastTimestamp"]
     assert ev["metadata"]["name"].startswith("target.")
+    (v1,) = k8s.EventsV1Api(api).list_namespaced_event(NS).items  # the client's model requires eventTime
+    assert v1.reporting_controller == "coder-jobs" and v1.regarding.name == "target" and v1.note == "a message"
+
+
+@pytest.mark.parametrize(("change", "status", "words"), [
+    (lambda b: b.update(eventTime=b["eventTime"][:19] + "Z"), 400, "cannot parse \"Z\" as \".000000\""),
+    (lambda b: [b.pop(k) for k in ("reportingComponent", "reportingInstance", "action")], 422,
+     "reportingComponent: Required value"),
+])
+def test_the_real_server_refuses_an_event_without_what_record_event_sends(fake, api, change, status, words):
+    s = kube.create_secret(api, NS, {"metadata": {"name": "target"}, "data": {}})
+    kube.record_event(api, kube.ObjectRef.of(s, kind="Secret", api_version="v1"), "R", "m", action="Update")
+    (sent,) = fake.requests("POST", r"/events$")
+    body = sent.json()
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|\+00:00)", body["eventTime"])  # always six digits
+    body["metadata"]["name"] += "-b"
+    change(body)
+    refused = fake.http.post(f"/api/v1/namespaces/{NS}/events", json=body)
+    assert refused.status_code == status and words in refused.json()["message"], refused.text
 
 
 # ------------------------------------------------------------------ pods and quotas (the reaper's)
@@ -250,6 +282,29 @@ def test_list_pods_pages_and_filters(fake, api):
     assert len(fake.requests("GET", r"/pods$")) == 3
 
 
+def test_a_continue_token_that_expired_lists_again_from_the_start_and_yields_each_pod_once(fake, api):
+    for i in range(7):
+        fake.put("pod", NS, {"metadata": {"name": f"ws-{i}", "labels": {"app.kubernetes.io/name": "coder-workspace"}},
+                             "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    fake.expire_continue_next(n=1, path_regex=r"/pods$")
+    pods = list(kube.list_pods(api, NS, "app.kubernetes.io/name=coder-workspace", page_size=3))
+    assert sorted(p.metadata.name for p in pods) == [f"ws-{i}" for i in range(7)]  # every pod, none twice
+    lists = fake.requests("GET", r"/pods$")
+    assert [(r.status, "continue" in r.query) for r in lists] == [
+        (200, False), (410, True), (200, False), (200, True), (200, True)]
+    assert lists[1].response["reason"] == "Expired" and lists[1].response["metadata"]["continue"]
+
+
+def test_a_continue_token_that_keeps_expiring_is_an_error_naming_the_list(fake, api):
+    for i in range(4):
+        fake.put("pod", NS, {"metadata": {"name": f"ws-{i}", "labels": {"app": "w"}},
+                             "spec": {"containers": [{"name": "c", "image": "x"}]}})
+    fake.expire_continue_next(n=kube.LIST_RESTARTS + 1, path_regex=r"/pods$")
+    with pytest.raises(kube.KubeAPIError) as exc:
+        list(kube.list_pods(api, NS, "app=w", page_size=2))
+    assert exc.value.status == 410 and "list pods in coder (app=w): HTTP 410 Expired: The provided continue" in str(exc.value)
+
+
 def test_list_resource_quotas(fake, api):
     fake.put("resourcequota", NS, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}},
                                    "status": {"hard": {"pods": "10"}, "used": {"pods": "3"}}})
@@ -259,7 +314,8 @@ def test_list_resource_quotas(fake, api):
 
 def test_delete_pod(fake, api):
     pod = fake.put("pod", NS, {"metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "x"}]}})
-    with pytest.raises(kube.KubeConflict, match="Precondition failed"):
+    with pytest.raises(kube.KubeConflict, match=r"the UID in the precondition \(0{8}-0{4}-0{4}-0{4}-0{12}\) does not "
+                                                r"match the UID in record"):
         kube.delete_pod(api, NS, "p", uid="00000000-0000-0000-0000-000000000000")
     assert kube.delete_pod(api, NS, "p", uid=pod["metadata"]["uid"]) is True
     assert kube.delete_pod(api, NS, "p") is False

@@ -246,16 +246,16 @@ _env_value = st.one_of(
 
 
 @pytest.fixture(scope="module")
-def live_fakes(tmp_path_factory):
-    """A coderd fake and a Kubernetes fake that stay up for every example (state accumulates: fine)."""
+def live_fakes(tmp_path_factory, kube_cluster):
+    """A coderd fake and the real Kubernetes API server that stay up for every example (state
+    accumulates: fine)."""
     from fakes.coderd import FakeCoderd
-    from fakes.kube import FakeKube
 
-    coderd, kube = FakeCoderd().start(), FakeKube().start()
-    kubeconfig = kube.kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="coder")
+    coderd = FakeCoderd().start()
+    kube_cluster.reset()
+    kubeconfig = kube_cluster.kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="coder")
     yield coderd, kubeconfig
     coderd.stop()
-    kube.stop()
 
 
 @pytest.mark.no_conformance  # random credentials are off-spec requests by design (e.g. an email that is not one)

@@ -1,4 +1,5 @@
-"""The reaper's apply step against a stub client: 409 busy, re-check, failures, Date header as now."""
+"""The reaper's apply step against a stub client: 409 busy, re-check, failures, Date header as now;
+its Kubernetes checks against the real API server."""
 
 from __future__ import annotations
 
@@ -168,7 +169,9 @@ def test_kube_checks_against_the_kubernetes_api(kube, tmp_path):
         r.delete_orphans(doomed)
         for kind in ("pods", "secrets"):
             assert [o["metadata"]["labels"]["com.coder.workspace.id"] for o in kube.objects(kind, NS)] == [running.id]
+        assert [d["metadata"]["labels"]["com.coder.workspace.id"] for d in kube.objects("deployments", NS)] == [running.id]
         assert r.counts["deleted"] == 6 and r.counts["orphan_secrets"] == 2
+        assert {(w.method, w.status) for w in kube.writes()} == {("DELETE", 200)}
         deleted = [e["target"].split("/")[0] for e in r.ctx.log.events if e["event"] == "deleted"]
         assert deleted == ["deployment", "deployment", "pod", "pod", "secret", "secret"]  # credentials last
     finally:

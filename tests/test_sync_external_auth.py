@@ -1,4 +1,5 @@
-"""sync-external-auth: end to end (the CLI in a subprocess against FakeKube) and the pure parts."""
+"""sync-external-auth: end to end (the CLI in a subprocess against the real kube-apiserver, through
+the fault proxy) and the pure parts."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import json
 import pytest
 from hypothesis import given, strategies as st
 
-from fakes.kube import FakeKube
 from jobs.errors import ConfigError
 from jobs.sync_external_auth import (
     CHECKSUM_ANNOTATION,
@@ -27,6 +27,7 @@ from jobs.sync_external_auth import (
     source_value,
 )
 from tests.conftest import CANARY_CLIENT_SECRET, assert_no_secret, run_job
+from tests.kube.cluster import JOBS, Cluster
 
 NS = "coder"
 ID_SECRET = "coder-github-oauth-client-id"
@@ -54,14 +55,14 @@ def env(fake, tmp_path):
     return {"KUBECONFIG": fake.kubeconfig(tmp_path / "kc", namespace=NS), "POD_NAMESPACE": NS, "CODER_DEPLOYMENT": "coder"}
 
 
-def seed_source(fake: FakeKube, name: str, data: dict[str, str] | None) -> None:
+def seed_source(fake: Cluster, name: str, data: dict[str, str] | None) -> None:
     if data is None:
         fake.delete_object("secret", NS, name)
     else:
         fake.put("secret", NS, {"metadata": {"name": name}, "data": {k: b64(v) for k, v in data.items()}})
 
 
-def seed_deployment(fake: FakeKube, name: str = "coder") -> None:
+def seed_deployment(fake: Cluster, name: str = "coder") -> None:
     labels = {"app.kubernetes.io/name": name}
     fake.put("deployment", NS, {
         "metadata": {"name": name, "labels": labels},
@@ -83,15 +84,15 @@ def sync(env: dict, *args: str):
     return run_job("sync-external-auth", *args, env=env)
 
 
-def target(fake: FakeKube) -> dict | None:
+def target(fake: Cluster) -> dict | None:
     return fake.get_object("secret", NS, TARGET)
 
 
-def template_annotations(fake: FakeKube) -> dict:
+def template_annotations(fake: Cluster) -> dict:
     return fake.get_object("deployment", NS, "coder")["spec"]["template"]["metadata"].get("annotations") or {}
 
 
-def events(fake: FakeKube) -> list[dict]:
+def events(fake: Cluster) -> list[dict]:
     return fake.objects("event", NS)
 
 
@@ -117,13 +118,16 @@ def test_first_run_creates_the_target_then_a_second_run_is_a_three_request_noop(
     assert KEY_CLIENT_SECRET in ev["message"] and checksum(expected())[:19] in ev["message"]
 
     seeded.clear_log()
-    rv = seeded.resource_version
     r = sync(env)
     assert r.rc == 0, r.output
+    audited = seeded.audit(JOBS)  # the API server's own count, not only what the proxy forwarded
+    assert [(e["verb"], e["objectRef"]["resource"], e["objectRef"]["name"], e["responseStatus"]["code"])
+            for e in audited] == [("get", "secrets", ID_SECRET, 200), ("get", "secrets", SECRET_SECRET, 200),
+                                  ("get", "secrets", TARGET, 200)]
     assert seeded.writes() == []
     assert [(q.method, q.path.rsplit("/", 1)[-1]) for q in seeded.requests()] == [
         ("GET", ID_SECRET), ("GET", SECRET_SECRET), ("GET", TARGET)]
-    assert seeded.resource_version == rv and len(seeded.rollouts()) == 1 and len(events(seeded)) == 1
+    assert len(seeded.rollouts()) == 1 and len(events(seeded)) == 1
     (plan_event,) = r.find("plan")
     assert plan_event["writes"] == 0 and plan_event["actions"][0]["action"] == "nothing"
 
@@ -138,11 +142,10 @@ def test_rotating_the_client_secret_updates_the_target_and_rolls_coderd_once(see
     assert decoded(t) == expected("fedcba9876543210fedcba9876543210fedcba98")
     new_sum = checksum(decoded(t))
     assert t["metadata"]["annotations"] == {CHECKSUM_ANNOTATION: new_sum}
-    assert len(seeded.api_writes("deployments")) == 1
-    assert [w.method for w in seeded.api_writes("deployments")] == ["PATCH"]
+    assert [w.method for w in seeded.writes(r"/deployments/")] == ["PATCH"]
     assert template_annotations(seeded)[DEPLOYMENT_ANNOTATION] == new_sum
     assert len(seeded.rollouts(NS, "coder")) == 2
-    puts = seeded.api_writes("secrets", TARGET)
+    puts = seeded.writes(rf"/secrets/{TARGET}$")
     assert puts and all(p.method == "PUT" and p.json()["metadata"]["resourceVersion"] for p in puts)
     updated = [e for e in events(seeded) if e["reason"] == "ExternalAuthSecretUpdated"]
     assert len(updated) == 1 and KEY_CLIENT_SECRET in updated[0]["message"] and KEY_CLIENT_ID not in updated[0]["message"]
@@ -244,6 +247,28 @@ def test_adopt_takes_over_an_unmanaged_target(seeded, env):
     assert sync(env).rc == 0 and seeded.writes() == []  # managed now: no --adopt needed
 
 
+@pytest.mark.parametrize(("spoil", "status", "reason"), [
+    (lambda b: b.update(eventTime=b["eventTime"][:19] + "Z"), 400, "BadRequest"),  # no microseconds
+    (lambda b: [b.pop(k) for k in ("reportingComponent", "reportingInstance", "action")], 422, "Invalid"),
+], ids=["eventTime-without-microseconds", "eventTime-without-reporting-fields"])
+def test_an_event_the_real_server_refuses_is_a_warning_and_the_sync_still_converges(seeded, env, spoil, status, reason):
+    def spoil_event(request):  # the job's Event, changed on its way into what the real server refuses
+        if request.method == "POST" and request.path.endswith("/events"):
+            body = json.loads(request.body)
+            spoil(body)
+            request.body = json.dumps(body).encode()
+
+    seeded.proxy.before_forward.append(spoil_event)
+    r = sync(env)
+    assert r.rc == 0, r.output
+    (posted,) = seeded.requests("POST", r"/events$")
+    assert posted.status == status and posted.response["reason"] == reason
+    (warning,) = [e for e in r.events if e.get("level") == "warning"]
+    assert "could not record an Event" in warning["event"] and f"HTTP {status} {reason}" in warning["error"]
+    assert events(seeded) == [] and decoded(target(seeded)) == expected() and len(seeded.rollouts()) == 1
+    assert ROLLOUT_PENDING_ANNOTATION not in target(seeded)["metadata"]["annotations"]
+
+
 def test_conflict_on_update_rereads_and_converges(seeded, env):
     assert sync(env).rc == 0
     seed_source(seeded, SECRET_SECRET, {"value": "fedcba9876543210fedcba9876543210fedcba98"})
@@ -253,9 +278,9 @@ def test_conflict_on_update_rereads_and_converges(seeded, env):
     assert r.rc == 0, r.output
     assert len(r.find("changed since we read it")) == 2
     assert decoded(target(seeded)) == expected("fedcba9876543210fedcba9876543210fedcba98")
-    assert target(seeded)["metadata"]["annotations"]["fake/touched"] == "2"  # the other writer's change survives
-    assert [w.status for w in seeded.api_writes("secrets", TARGET)][:3] == [409, 409, 200]
-    assert len(seeded.api_writes("deployments")) == 1
+    assert target(seeded)["metadata"]["annotations"]["test/touched"] == "2"  # the other writer's change survives
+    assert [w.status for w in seeded.writes(rf"/secrets/{TARGET}$")][:3] == [409, 409, 200]
+    assert len(seeded.writes(r"/deployments/")) == 1
     assert len([e for e in events(seeded) if e["reason"] == "ExternalAuthSecretUpdated"]) == 1
 
 

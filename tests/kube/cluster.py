@@ -10,15 +10,17 @@ from __future__ import annotations
 
 import base64
 import re
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import httpx
 import yaml
 
-from tests.kube.proxy import FaultProxy
-from tests.kube.server import KubeAPIServer
+from tests.kube import server as kube_server
+from tests.kube.proxy import FaultProxy, expired_continue_status
+from tests.kube.server import ADMIN_USER, JOB_USER, KubeAPIServer
 
 Obj = dict[str, Any]
 
@@ -153,16 +155,23 @@ class Cluster:
         return self._check(self.http.post(self._path(kind, namespace), json=self._typed(kind, obj))).json()
 
     def put(self, kind: str, namespace: str | None, obj: Obj) -> Obj:
-        """Create the object, or replace it whole (whatever the server holds now)."""
+        """Create the object, or replace it whole (whatever the server holds now). A `status`
+        in `obj` is written through the status subresource afterwards (the main resource
+        ignores it; on a cluster a controller would write it, e.g. a ResourceQuota's usage)."""
         if namespace:
             self.ensure_namespace(namespace)
         name = obj["metadata"]["name"]
         current = self.get_object(kind, namespace, name)
         if current is None:
-            return self.create(kind, namespace, obj)
-        body = self._typed(kind, obj)
-        body["metadata"] = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
-        return self._check(self.http.put(self._path(kind, namespace, name), json=body)).json()
+            written = self.create(kind, namespace, obj)
+        else:
+            body = self._typed(kind, obj)
+            body["metadata"] = {**body["metadata"], "resourceVersion": current["metadata"]["resourceVersion"]}
+            written = self._check(self.http.put(self._path(kind, namespace, name), json=body)).json()
+        if "status" in obj:
+            written["status"] = obj["status"]
+            written = self._check(self.http.put(self._path(kind, namespace, name) + "/status", json=written)).json()
+        return written
 
     def patch(self, kind: str, namespace: str | None, name: str, patch: Obj) -> Obj:
         return self._check(self.http.patch(self._path(kind, namespace, name), json=patch,
@@ -215,8 +224,9 @@ class Cluster:
 
     def kubeconfig(self, path: Path | str, namespace: str = "default", token: str | None = None,
                    direct: bool = False) -> str:
-        """A kubeconfig file through the fault proxy (or `direct` to the server, over TLS),
-        as cluster-admin unless a `token` is given."""
+        """A kubeconfig file through the fault proxy (or `direct` to the server, over TLS), as
+        the jobs' cluster-admin identity (`JOB_USER`, so the audit log tells its requests from
+        the test's own) unless a `token` is given."""
         server = self.server.url if direct else self.proxy.url
         cluster: Obj = {"server": server}
         if direct:
@@ -224,7 +234,7 @@ class Cluster:
         config = {
             "apiVersion": "v1", "kind": "Config", "current-context": "test",
             "clusters": [{"name": "test", "cluster": cluster}],
-            "users": [{"name": "test", "user": {"token": token or self.server.admin_token}}],
+            "users": [{"name": "test", "user": {"token": token or self.server.job_token}}],
             "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test", "namespace": namespace}}],
         }
         Path(path).write_text(yaml.safe_dump(config))
@@ -235,6 +245,11 @@ class Cluster:
     @property
     def url(self) -> str:
         return self.proxy.url
+
+    @property
+    def version(self) -> str:
+        """What the server says it is (GET /version)."""
+        return self._check(self.http.get("/version")).json()["gitVersion"]
 
     @property
     def faults(self):
@@ -257,8 +272,14 @@ class Cluster:
     def clear_faults(self) -> None:
         self.proxy.clear_faults()
 
-    def fail_next(self, status: int = 500, n: int = 1, path_regex: str | None = None, method: str | None = None) -> None:
-        self.proxy.fail_next(status, n, path_regex, method)
+    def fail_next(self, status: int = 500, n: int = 1, path_regex: str | None = None, method: str | None = None,
+                  query_regex: str | None = None, body=None) -> None:
+        self.proxy.fail_next(status, n, path_regex, method, query_regex, body)
+
+    def expire_continue_next(self, n: int = 1, path_regex: str | None = None) -> None:
+        """The next `n` list requests that carry a `continue` token get the API server's 410
+        Expired (as when etcd compacted past the token between two pages)."""
+        self.proxy.fail_next(410, n, path_regex, "GET", r"(^|&)continue=", expired_continue_status)
 
     def random_errors(self, rate: float, seed: int = 0, statuses: tuple[int, ...] = (500, 502, 503, 504)) -> None:
         self.proxy.random_errors(rate, seed, statuses)
@@ -291,3 +312,26 @@ class Cluster:
     @staticmethod
     def service_account_user(namespace: str, name: str) -> str:
         return f"system:serviceaccount:{namespace}:{name}"
+
+
+JOBS = JOB_USER  # the user a default kubeconfig authenticates as (for `audit(JOBS)`)
+ADMIN = ADMIN_USER  # the user seeding and reading goes through
+
+
+@contextmanager
+def running_cluster(announce: Callable[[str], None] | None = lambda line: print(line, flush=True)) -> Iterator[Cluster]:
+    """For scripts (the demo, benchmarks): build if needed (saying so first), start the real
+    server and a fault proxy, yield a reset Cluster, and stop everything afterwards."""
+    if kube_server.needs_build() and announce:
+        announce("building the real kube-apiserver (first run only, a few minutes)")
+    kube_server.build()
+    srv = KubeAPIServer().start()
+    try:
+        cluster = Cluster(srv)
+        try:
+            yield cluster.reset()
+        finally:
+            cluster.proxy.stop()
+            cluster.http.close()
+    finally:
+        srv.stop()

@@ -73,6 +73,18 @@ def _fingerprint(module: str, ldflags: str) -> str:
     return h.hexdigest()
 
 
+def needs_build() -> bool:
+    """True when `build()` would compile something (a cold cache, or a module or Go changed)."""
+    if shutil.which("go") is None:
+        return True  # build() says why it cannot
+    for module, (_packages, binaries, ldflags) in MODULES.items():
+        stamp = CACHE / f"{module}.stamp"
+        if not (stamp.exists() and stamp.read_text() == _fingerprint(module, ldflags)
+                and all((BIN / b).exists() for b in binaries)):
+            return True
+    return False
+
+
 def build() -> BuildReport:
     """Build (or reuse) kube-apiserver, kubectl and etcd. Safe to call from several processes."""
     if shutil.which("go") is None:
@@ -139,12 +151,18 @@ rules:
 """
 
 
+ADMIN_USER = "test-admin"  # what the tests seed and read with
+JOB_USER = "coder-jobs-test"  # what a job's kubeconfig uses unless a test gives it a token
+
+
 class KubeAPIServer:
-    """etcd + kube-apiserver processes; `url`, `ca`, `admin_token`; `audit()` reads the audit log."""
+    """etcd + kube-apiserver processes; `url`, `ca`, `admin_token`, `job_token`; `audit()` reads the audit log."""
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="coder-jobs-kube-"))
         self.admin_token = uuid.uuid4().hex
+        # The jobs' own cluster-admin identity: the audit log tells their requests from the test's.
+        self.job_token = uuid.uuid4().hex
         self.port = free_port()
         self.url = f"https://127.0.0.1:{self.port}"
         self.ca = str(self.dir / "ca.crt")
@@ -158,7 +176,8 @@ class KubeAPIServer:
     def start(self, deadline_s: float = 120) -> "KubeAPIServer":
         started = time.monotonic()
         make_certificates(self.dir)
-        (self.dir / "tokens.csv").write_text(f"{self.admin_token},test-admin,test-admin,system:masters\n")
+        (self.dir / "tokens.csv").write_text(f"{self.admin_token},{ADMIN_USER},{ADMIN_USER},system:masters\n"
+                                             f"{self.job_token},{JOB_USER},{JOB_USER},system:masters\n")
         (self.dir / "audit-policy.yaml").write_text(AUDIT_POLICY)
         client, peer = free_port(), free_port()
         etcd = f"http://127.0.0.1:{client}"
