@@ -116,7 +116,9 @@ def test_follow_returns_at_once_on_a_failed_job_and_points_at_the_log(kube, tmp_
     r = run_follow(kube, tmp_path, text, "coder-jobs-recover-manual-1")
     assert r.returncode != 0
     assert "kubectl -n coder logs job/coder-jobs-recover-manual-1" in r.stderr
-    reads = [e for e in kube.audit("test-admin") if e["verb"] == "get" and e.get("objectRef", {}).get("resource") == "jobs"]
+    from tests.kube.cluster import JOBS
+
+    reads = [e for e in kube.audit(JOBS) if e["verb"] == "get" and e.get("objectRef", {}).get("resource") == "jobs"]
     assert len(reads) == 1  # answered from the first look, no waiting round
 
 

@@ -137,8 +137,11 @@ def test_every_host_downloaded_at_start_is_allowed_by_that_environments_egress_p
     objects = parse(manifests)
     policy = workspace_policy(manifests)
     if policy.kind == "none":
-        # Local and the chart defaults render no workspace egress policy: nothing is blocked there.
-        assert not (values.get("workspaces") or {}).get("enabled"), f"{file}: workspaces on but no egress policy"
+        # Local and the chart defaults render no workspace egress policy: nothing is blocked there,
+        # either because workspaces are off or because their egress policy is switched off.
+        ws = values.get("workspaces") or {}
+        assert not ws.get("enabled") or (ws.get("networkPolicy") or {}).get("enabled") is False, \
+            f"{file}: workspaces on but no egress policy"
         return
     blocked = [f"{d.host} ({d.why})" for d in downloads_at_start(file, objects, values, tmp_path)
                if not policy.allows(d.host)]
@@ -149,7 +152,7 @@ def test_every_host_downloaded_at_start_is_allowed_by_that_environments_egress_p
 def test_no_package_registry_and_nothing_expected_in_the_image_is_allowed(file):
     policy = workspace_policy(render_raw(_values(file)))
     if policy.kind == "none":
-        pytest.skip(f"{file}: no workspace egress policy rendered (workspaces disabled)")
+        pytest.skip(f"{file}: no workspace egress policy rendered (workspaces or their egress policy disabled)")
     for host in [*REGISTRIES, *EXPECTED_IN_IMAGE]:
         assert not policy.allows(host), f"{file}: {host} is allowed"
 

@@ -95,7 +95,7 @@ class Cluster:
         self.proxy.clear_faults()
         self.proxy.clear_log()
         for ns in sorted(self.namespaces | set(TEST_NAMESPACES)):
-            self.ensure_namespace(ns)
+            self._plain_namespace(ns)
             self._empty(ns)
         self._audit_mark = self.server.audit_mark()
         return self
@@ -126,6 +126,14 @@ class Cluster:
             self._check(self.http.put(f"/api/v1/namespaces/{ns}/finalize", json={
                 "apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}, "spec": {"finalizers": []}}))
             self.namespaces.discard(ns)
+
+    def _plain_namespace(self, name: str) -> None:
+        """The namespace, without the Pod Security labels an install test may have left on it."""
+        ns = self.ensure_namespace(name)
+        labels = ns["metadata"].get("labels") or {}
+        if any(k.startswith("pod-security.kubernetes.io/") for k in labels):
+            ns["metadata"]["labels"] = {k: v for k, v in labels.items() if not k.startswith("pod-security.kubernetes.io/")}
+            self._check(self.http.put(f"/api/v1/namespaces/{name}", json=ns))
 
     def ensure_namespace(self, name: str, labels: dict[str, str] | None = None) -> Obj:
         """The namespace, with its `default` ServiceAccount (a controller's job on a real cluster)."""
