@@ -6,7 +6,6 @@ import hashlib
 import time
 from typing import TYPE_CHECKING, Any
 
-from fakes import coderd_password
 from fakes.base import Request, Response
 from fakes.coderd_common import (
     NIL_UUID,
@@ -25,6 +24,7 @@ from fakes.coderd_common import (
     rfc3339,
     validation_failed,
 )
+from jobs.validation import coderd_password_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from fakes.coderd import Ctx, FakeCoderd
@@ -202,7 +202,7 @@ class UsersMixin:
                            "Pass the one-time setup token printed by the server as \"setup_token\".")
             if sent != self.setup_token:
                 return msg(403, "Invalid setup token.")
-        problem = coderd_password.validate(password)
+        problem = coderd_password_error(password)
         if problem:
             return msg(400, "Password not strong enough!", validations=[{"field": "password", "detail": problem}])
         if body.get("trial") and self.trial_fails:

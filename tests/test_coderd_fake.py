@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fakes.coderd import FakeCoderd
-from fakes.coderd_password import entropy, validate
+from jobs.validation import coderd_password_error as validate, password_entropy as entropy
 
 STRONG = "MyP4ssw0rd!"
 
@@ -63,7 +63,7 @@ def test_date_header_follows_clock_offset(fake):
     assert abs((served - datetime.now(timezone.utc)).total_seconds() - 3 * 86400) < 5
 
 
-# -- password entropy ----------------------------------------------------------------
+# -- password entropy (jobs/validation.py, shared with the jobs; every vector: test_validation.py) --
 @pytest.mark.parametrize(
     "password,ok",
     [("password123", False), ("Coder123!", False), (STRONG, True), ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", False),
