@@ -84,6 +84,7 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         self.version = version
         self.trial_fails = trial_fails
         self.first_user_race_window = first_user_race_window
+        self.first_user_barrier: threading.Barrier | None = None
         self.setup_token = setup_token
         self.password_auth_disabled = password_auth_disabled
         self.files_rate_limit = files_rate_limit

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -147,6 +148,10 @@ class UsersMixin:
             return self._insert_key(u["id"], "token", lifetime_s or self.default_token_lifetime_s,
                                     token_name=docker_name(self.rng) + new_id()[:4])
 
+    def race_first_user(self: "FakeCoderd", calls: int = 2) -> None:
+        """The next `calls` POST /users/first all pass the 409 check before any inserts."""
+        self.first_user_barrier = threading.Barrier(calls)
+
     def user(self: "FakeCoderd", username: str) -> dict | None:
         with self.lock:
             u = self._find_user(username)
@@ -208,19 +213,25 @@ class UsersMixin:
         if body.get("trial") and self.trial_fails:
             return msg(500, "Failed to generate trial",
                        'Post "https://v2-licensor.coder.com/trial": dial tcp: lookup v2-licensor.coder.com: no such host')
-        # No lock between the 409 check and the insert, like coderd.
+        # No lock between the 409 check and the insert, like coderd. `race_first_user(n)` holds
+        # n calls here until all have passed the check, so a test gets the race every time.
+        barrier = self.first_user_barrier
+        if barrier is not None:
+            try:
+                barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+            self.first_user_barrier = None
         if self.first_user_race_window > 0:
             time.sleep(self.first_user_race_window)
         with self.lock:
-            for u in self.users.values():
-                if u["deleted"]:
-                    continue
-                if u["username"].lower() == username.lower():
+            # The loser of the race gets 500, not 409; a real coderd's detail named the email
+            # index (BEHAVIOR.md §11), so that one is checked first.
+            for index, key in (("idx_users_email", "email"), ("idx_users_username", "username")):
+                wanted = (email if key == "email" else username).lower()
+                if any(not u["deleted"] and u[key].lower() == wanted for u in self.users.values()):
                     return msg(500, "Internal error creating user.",
-                               'pq: duplicate key value violates unique constraint "idx_users_username"')
-                if u["email"].lower() == email.lower():
-                    return msg(500, "Internal error creating user.",
-                               'pq: duplicate key value violates unique constraint "idx_users_email"')
+                               f'pq: duplicate key value violates unique constraint "{index}"')
             uid = new_id()
             self.users[uid] = self._new_user_record(uid, username, email, name, password, ("owner",), "password")
             self.users_by_name[username.lower()] = uid
