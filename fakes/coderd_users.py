@@ -162,6 +162,7 @@ class UsersMixin:
         self.api("GET", "/users/first", self._get_first_user, auth=False)
         self.api("POST", "/users/first", self._post_first_user, auth=False, csrf_exempt=True)
         self.api("POST", "/users/login", self._post_login, auth=False)
+        self.api("POST", "/users/logout", self._post_logout)
         self.api("GET", "/users/{user}/organizations", self._get_user_orgs)
         self.api("GET", "/users/{user}/keys/tokens/tokenconfig", self._get_token_config)
         self.api("GET", "/users/{user}/keys/tokens/{keyname}", self._get_token_by_name)
@@ -265,6 +266,19 @@ class UsersMixin:
         return Response(201, {"session_token": token}, headers={
             "Set-Cookie": f"coder_session_token={token}; Path=/; Expires={cookie_exp}; HttpOnly; SameSite=Lax",
         })
+
+    def _post_logout(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+        # Deletes the key the call was made with, and clears the cookie (coderd/userauth.go
+        # `postLogout`; BEHAVIOR.md §11). Nothing else ever removes a login's key row.
+        with self.lock:
+            self.keys.pop(ctx.key["id"], None)
+        return Response(200, {"message": "Logged out!"},
+                        headers={"Set-Cookie": "coder_session_token=; Path=/; Max-Age=0"})
+
+    def api_key_count(self: "FakeCoderd", login_type: str | None = None) -> int:
+        """Rows in coderd's api_keys table (optionally of one login type: password, token)."""
+        with self.lock:
+            return sum(1 for k in self.keys.values() if login_type is None or k["login_type"] == login_type)
 
     def _get_user(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
         u = self._user_param(req, ctx)

@@ -38,7 +38,7 @@ def run(args: list[str], env: dict[str, str]) -> int:
 def show_coderd(fake: FakeCoderd) -> None:
     with fake.lock:
         writes = Counter(f"{r.method} {r.route.split(' ', 1)[-1]}" for r in fake.log
-                         if r.is_write and r.path != "/api/v2/users/login")
+                         if r.is_write and r.path not in ("/api/v2/users/login", "/api/v2/users/logout"))
         total = len(fake.log)
         templates = {t["name"]: t for t in fake.templates.values()}
         versions = fake.versions

@@ -99,7 +99,7 @@ def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: An
                 f"or reset that user's password with `coder reset-password` ({RUNBOOK_HINT})"
             ) from None
         raise
-    client.use_session(token)  # later steps (recover) reuse it instead of logging in again
+    client.adopt_login(token)  # later steps (recover) reuse it; logged out when the client closes
     log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)
 
 

@@ -17,7 +17,7 @@ pytestmark = pytest.mark.skipif(not swagger.available(), reason=swagger.SKIP_REA
 
 ROUTES_THE_JOBS_USE = {
     ("GET", "/buildinfo"), ("GET", "/users/first"), ("POST", "/users/first"), ("POST", "/users/login"),
-    ("POST", "/files"), ("POST", "/organizations/{organization}/templateversions"),
+    ("POST", "/users/logout"), ("POST", "/files"), ("POST", "/organizations/{organization}/templateversions"),
     ("GET", "/templateversions/{templateversion}"), ("GET", "/templateversions/{templateversion}/logs"),
     ("POST", "/organizations/{organization}/templates"),
     ("GET", "/organizations/{organization}/templates/{templatename}"),
