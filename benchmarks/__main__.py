@@ -113,7 +113,7 @@ def coderd_env(fake: FakeCoderd, templates: Path = TEMPLATES_DIR) -> dict[str, s
 
 def bench_noop(report: Report, repeat: int) -> None:
     print("\n## No-op cost (everything already converged)")
-    with FakeCoderd(provisioner_delay=0.0) as fake:
+    with FakeCoderd(provisioner_delay=0.0, external_auth_providers=("github",)) as fake:
         env = coderd_env(fake)
         run_job(["recover"], env)  # converge: first user, both templates
         walls, routes = [], Counter()
@@ -180,7 +180,7 @@ def import_profile(stderr: str) -> tuple[float, set[str], list[tuple[int, str]]]
 
 def bench_startup(report: Report, repeat: int) -> None:
     print("\n## Start-up: python -X importtime (sum of every module's own import time)")
-    with FakeCoderd(provisioner_delay=0.0) as fake:
+    with FakeCoderd(provisioner_delay=0.0, external_auth_providers=("github",)) as fake:
         env = coderd_env(fake)
         run_job(["bootstrap-admin"], env)
         with tempfile.TemporaryDirectory() as tmp:
@@ -322,7 +322,7 @@ def bench_republish(report: Report, repeat: int) -> None:
     for title, edit in (("fresh publish of both templates", False), ("one-file change", True)):
         walls, waits, routes = [], [], Counter()
         for _ in range(repeat):
-            with FakeCoderd(provisioner_delay=0.0) as fake, tempfile.TemporaryDirectory() as tmp:
+            with FakeCoderd(provisioner_delay=0.0, external_auth_providers=("github",)) as fake, tempfile.TemporaryDirectory() as tmp:
                 templates = Path(tmp) / "coder-templates"
                 shutil.copytree(TEMPLATES_DIR, templates)
                 env = coderd_env(fake, templates)

@@ -113,7 +113,8 @@ def main() -> int:
     templates = workdir / "coder-templates"
     shutil.copytree(REPO / "chart" / "files" / "coder-templates", templates)
     failures = 0
-    with FakeCoderd() as coderd:
+    # GitHub external auth configured, as the PreSync hook's Secret gives coderd.
+    with FakeCoderd(external_auth_providers=("github",)) as coderd:
         env = {
             "CODER_URL": coderd.url,
             "CODER_ADMIN_USERNAME": "platform-admin",

@@ -251,7 +251,7 @@ def live_fakes(tmp_path_factory):
     from fakes.coderd import FakeCoderd
     from fakes.kube import FakeKube
 
-    coderd, kube = FakeCoderd().start(), FakeKube().start()
+    coderd, kube = FakeCoderd(external_auth_providers=("github",)).start(), FakeKube().start()
     kubeconfig = kube.kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="coder")
     yield coderd, kubeconfig
     coderd.stop()
