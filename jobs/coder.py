@@ -43,6 +43,7 @@ from jobs.models import (
     ProvisionerJobLog,
     Template,
     TemplateVersion,
+    TemplateVersionVariable,
     User,
     Workspace,
     WorkspaceBuild,
@@ -350,6 +351,12 @@ class CoderClient:
         # Safe to repeat: a repeat after success answers 409, which the caller handles.
         return self.request("POST", "/api/v2/users/first", json=body, auth=False, safe=True, ok=(201,)).json()
 
+    def external_auth_providers(self) -> list[str]:
+        """Ids of the external auth providers coderd has configured (BEHAVIOR.md §11)."""
+        body = self.request("GET", "/api/v2/external-auth").json()
+        ids = [p.get("id") if isinstance(p, dict) else p for p in (body.get("providers") or [])]
+        return [i for i in ids if isinstance(i, str)]
+
     def me(self) -> User:
         return self.get("/api/v2/users/me", User)
 
@@ -377,6 +384,18 @@ class CoderClient:
     def template_version_by_name(self, template_id: str, name: str) -> TemplateVersion | None:
         response = self.request("GET", f"/api/v2/templates/{template_id}/versions/{name}", ok=(200, 404))
         return None if response.status_code == 404 else TemplateVersion.model_validate(response.json())
+
+    def template_versions(self, template_id: str) -> list[TemplateVersion]:
+        return self.get_list(f"/api/v2/templates/{template_id}/versions", TemplateVersion)
+
+    def template_version_variables(self, version_id: str) -> list[TemplateVersionVariable]:
+        return self.get_list(f"/api/v2/templateversions/{version_id}/variables", TemplateVersionVariable)
+
+    def cancel_template_version(self, version_id: str) -> None:
+        try:
+            self.request("PATCH", f"/api/v2/templateversions/{version_id}/cancel", safe=True)
+        except CoderAPIError:
+            pass  # best effort: it may have finished meanwhile
 
     def template_version_logs(self, version_id: str, after: int | None = None) -> list[ProvisionerJobLog]:
         params = {"after": after} if after is not None else {}
