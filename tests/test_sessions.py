@@ -40,6 +40,8 @@ def drift(templates) -> None:
 SCENARIOS = [
     # (job, what coderd and the folder look like first, exit code)
     pytest.param("recover", lambda fake, env, tpl: None, 0, id="recover-fresh-coderd"),
+    pytest.param("republish-templates", lambda fake, env, tpl: (with_admin(fake), env.update(CODER_ORGANIZATION="nope")), 2,
+                 id="republish-unknown-organization"),
     pytest.param("recover", lambda fake, env, tpl: converge(fake, env), 0, id="recover-no-op"),
     pytest.param("bootstrap-admin", lambda fake, env, tpl: with_admin(fake), 0, id="bootstrap-admin-verify"),
     pytest.param("republish-templates", lambda fake, env, tpl: (converge(fake, env), break_template(tpl)), 1,
