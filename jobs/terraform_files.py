@@ -20,7 +20,8 @@ import re
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-_NOT_LITERAL = object()
+_NOT_LITERAL = object()  # an expression that is not a literal value
+_MISSING = object()
 
 
 class HCLError(ValueError):
@@ -106,7 +107,10 @@ def _string(text: str, i: int, line: int, where: str) -> tuple[str, bool, int, i
                 i += 2
             elif e in "uU":
                 width = 4 if e == "u" else 8
-                out.append(chr(int(text[i + 2:i + 2 + width], 16)))
+                digits = text[i + 2:i + 2 + width]
+                if not re.fullmatch(f"[0-9a-fA-F]{{{width}}}", digits) or int(digits, 16) > 0x10FFFF:
+                    raise HCLError(f"{where}:{line}: invalid \\{e} escape")
+                out.append(chr(int(digits, 16)))
                 i += 2 + width
             else:
                 raise HCLError(f"{where}:{line}: invalid escape \\{e}")
@@ -316,9 +320,6 @@ def _hcl_external_auth(items: list[tuple[str, Any]]) -> list[str | None]:
             ids = [i[1] for k, i in item[2] if k == "attr" and i[0] == "id"]
             out.append(ids[0] if ids and isinstance(ids[0], str) else None)  # None: not a literal
     return out
-
-
-_MISSING = object()
 
 
 @dataclass(frozen=True)
