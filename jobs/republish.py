@@ -117,15 +117,23 @@ def observe(client: CoderClient, org: str, local: LocalTemplate, *, read_values:
         return RemoteTemplate(None)
     version = client.template_version(template.active_version_id)
     marker = _MARKER.search(version.message or "")
-    values = None
-    if read_values or not marker:  # a version we did not publish: its values are not in a marker
-        values = {v.name: None if v.sensitive and v.value == _REDACTED else v.value
-                  for v in client.template_version_variables(version.id)}
+    values = _active_values(client, version) if read_values or not marker else None  # not ours: no marker
     if marker:
         return RemoteTemplate(template, marker.group(1), marker.group(2), values)
     # Pushed by hand (or by an older tool): fingerprint what coderd actually holds.
     files = files_from_tar(client.download(version.job.file_id))
     return RemoteTemplate(template, fingerprint(files), None, values)
+
+
+def _active_values(client: CoderClient, version: TemplateVersion) -> dict[str, str | None] | None:
+    """name -> value (None when coderd redacts it), or None while the job has not finished (403)."""
+    try:
+        variables = client.template_version_variables(version.id)
+    except CoderAPIError as err:
+        if err.status == 403:
+            return None
+        raise
+    return {v.name: None if v.sensitive and v.value == _REDACTED else v.value for v in variables}
 
 
 # -- plan (pure) -----------------------------------------------------------------------
