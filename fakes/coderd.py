@@ -75,6 +75,7 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         provisioner_paused: bool = False,
         provisioners: int = 1,
         build_error: str | None = None,
+        external_auth_providers: tuple[str, ...] | list[str] = (),
         session_duration_s: float = 24 * 3600,
         default_token_lifetime_s: float = 168 * 3600,
         max_token_lifetime_s: float = 876600 * 3600,
@@ -84,6 +85,7 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         self.version = version
         self.trial_fails = trial_fails
         self.first_user_race_window = first_user_race_window
+        self.first_user_barrier: threading.Barrier | None = None
         self.setup_token = setup_token
         self.password_auth_disabled = password_auth_disabled
         self.files_rate_limit = files_rate_limit
@@ -91,6 +93,9 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         self.provisioner_paused = provisioner_paused
         self.provisioners = provisioners
         self.build_error = build_error
+        # Ids of the external auth providers coderd has configured (CODER_EXTERNAL_AUTH_<n>_ID,
+        # BEHAVIOR.md §8). None by default, as a coderd started without those variables.
+        self.external_auth_providers = list(external_auth_providers)
         self.session_duration_s = session_duration_s
         self.default_token_lifetime_s = default_token_lifetime_s
         self.max_token_lifetime_s = max_token_lifetime_s

@@ -41,6 +41,7 @@ class ArchiveInfo:
     files: dict[str, str] = field(default_factory=dict)  # top-level .tf / .tf.json -> text
     variables: list[Variable] = field(default_factory=list)
     undeclared: list[str] = field(default_factory=list)
+    external_auth: list[str] = field(default_factory=list)  # `coder_external_auth` ids, modules included
     fail_plan: bool = False
     readme: str = ""
 
@@ -265,6 +266,21 @@ def parse_variables_json(data: dict) -> list[Variable]:
     return out
 
 
+def external_auth_ids_hcl(text: str) -> list[str]:
+    """The `id` of every `data "coder_external_auth"` block (the terraform plan reports these)."""
+    clean = _strip_comments(text)
+    out = []
+    for m in re.finditer(r'(?m)^\s*data\s+"coder_external_auth"\s+"([^"]+)"\s*\{', clean):
+        attrs = _top_level_attrs(_block_body(clean, m.end() - 1))
+        out.append(_literal(attrs["id"]) if "id" in attrs else m.group(1))
+    return out
+
+
+def external_auth_ids_json(data: dict) -> list[str]:
+    blocks = ((data.get("data") or {}).get("coder_external_auth") or {}) if isinstance(data, dict) else {}
+    return [str((spec or {}).get("id", label)) for label, spec in blocks.items()]
+
+
 def inspect_archive(data: bytes) -> ArchiveInfo:
     info = ArchiveInfo()
     if not data.strip(b"\0"):
@@ -339,9 +355,17 @@ def inspect_archive(data: bytes) -> ArchiveInfo:
     info.variables = declared
     names = {v.name for v in declared}
     refs: list[str] = []
-    for text in all_text.values():
+    for name, text in sorted(all_text.items()):
         if FAIL_PLAN_MARKER in text:
             info.fail_plan = True
+        if name.endswith(".tf.json"):
+            try:
+                ids = external_auth_ids_json(json.loads(text))
+            except ValueError:
+                ids = []
+        else:
+            ids = external_auth_ids_hcl(text)
+        info.external_auth += [i for i in ids if i not in info.external_auth]
     for name, text in info.files.items():
         if name.endswith(".tf"):
             for ref in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", _strip_comments(text)):

@@ -12,6 +12,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 from fakes.base import Request, Response
+from jobs import validation
 
 ZERO_TIME = "0001-01-01T00:00:00Z"
 NIL_UUID = "00000000-0000-0000-0000-000000000000"
@@ -104,17 +105,15 @@ def norm_uuid(value: str) -> str:
     return str(uuid.UUID(value))
 
 
-# -- validators (codersdk/name.go, go-playground) ---------------------------
-_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:-[a-zA-Z0-9]+)*$")
+# -- validators ------------------------------------------------------------
+# coderd's rules for names, real names and emails live in jobs/validation.py: one
+# implementation, shared with the jobs and pinned by tests/test_validation.py to a real
+# coderd's answers (BEHAVIOR.md §11, vectors/validation.json).
 _VERSION_NAME_RE = re.compile(r"^[a-zA-Z0-9]+(?:[_.-][a-zA-Z0-9]+)*$")
-_LOCAL = r"[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~]+(?:\.[a-zA-Z0-9!#$%&'*+\-/=?^_`{|}~]+)*"
-_LABEL = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9\-.~]*[a-zA-Z0-9])"
-_TLD = r"(?:[a-zA-Z]|[a-zA-Z][a-zA-Z0-9\-.~]*[a-zA-Z])"
-_EMAIL_RE = re.compile(rf"^{_LOCAL}@(?:{_LABEL}\.)+{_TLD}\.?$")
 
 
 def name_valid(name: str) -> bool:
-    return 1 <= len(name) <= 32 and bool(_NAME_RE.match(name)) and name not in ("new", "create")
+    return validation.username_problem(name) is None  # codersdk.NameValid (users and templates)
 
 
 def version_name_valid(name: str) -> bool:
@@ -126,11 +125,11 @@ def display_name_valid(name: str) -> bool:
 
 
 def real_name_valid(name: str) -> bool:
-    return len(name) <= 128 and name == name.strip()
+    return validation.real_name_problem(name) is None
 
 
 def email_valid(email: str) -> bool:
-    return bool(_EMAIL_RE.match(email))
+    return validation.email_problem(email) is None
 
 
 # -- random names -----------------------------------------------------------

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from fakes.base import Request, Response
 from fakes.coderd_archive import inspect_archive
 from fakes.coderd_common import (
+    NIL_UUID,
     display_name_valid,
     docker_name,
     is_uuid,
@@ -201,8 +202,8 @@ class TemplatesMixin:
             "created_by": {"id": creator["id"], "username": creator["username"], "avatar_url": ""},
             "archived": v["archived"],
         }
-        if v["template_id"]:
-            out["template_id"] = v["template_id"]
+        # Never absent: a version created without a template carries the nil UUID (BEHAVIOR.md §11).
+        out["template_id"] = v["template_id"] or NIL_UUID
         if matched:
             out["matched_provisioners"] = self._matched_provisioners()
         return out
@@ -286,6 +287,8 @@ class TemplatesMixin:
             vid = new_id()
             job = self._new_job(job_type="template_version_import", org_id=org["id"], file_id=f["id"],
                                 tags=all_tags, initiator_id=ctx.user["id"], inputs={"template_version_id": vid})
+            # Values a new version does not send are carried over from the template's active
+            # version, not reset to the variable's default (BEHAVIOR.md §11).
             inherited: dict[str, str] = {}
             if template is not None:
                 active = self.versions.get(template["active_version_id"])
@@ -349,6 +352,13 @@ class TemplatesMixin:
         self._add_log(job, "Plan: 0 to add, 0 to change, 0 to destroy.", stage=DRY, source="provisioner")
         self._add_log(job, "Detecting ephemeral resources", stage="Detecting ephemeral resources")
         self._add_log(job, "Cleaning Up", stage="Cleaning Up")
+        # The plan succeeded; coderd then fails the job on completion when it names an external
+        # auth provider the deployment lacks: an error on the job, no log line (BEHAVIOR.md §11,
+        # coderd/provisionerdserver CompleteJob).
+        for provider in info.external_auth:
+            if provider not in self.external_auth_providers:
+                job["error"] = f'external auth provider "{provider}" is not configured'
+                return
 
     def _get_template_version(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
         with self.lock:
@@ -440,7 +450,8 @@ class TemplatesMixin:
             "organization_display_name": org.get("display_name", ""), "organization_icon": org.get("icon", ""),
             "name": t["name"], "display_name": t["display_name"], "provisioner": "terraform",
             "active_version_id": t["active_version_id"], "active_user_count": 0,
-            "build_time_stats": {tr: {"p50": None, "p95": None} for tr in ("start", "stop", "delete")},
+            # Capitalised: codersdk.TransitionStats has no json tags (swagger.json says p50/p95; BEHAVIOR.md summary).
+            "build_time_stats": {tr: {"P50": None, "P95": None} for tr in ("start", "stop", "delete")},
             "description": t["description"], "deprecated": bool(t["deprecation_message"]),
             "deprecation_message": t["deprecation_message"], "icon": t["icon"],
             "default_ttl_ms": t["default_ttl_ms"], "activity_bump_ms": t["activity_bump_ms"],
@@ -724,9 +735,19 @@ class TemplatesMixin:
             self.ws_generation += 1
         return msg(200, "Updated the active template version!")
 
+    # ================================================================= external auth
+    def _get_external_auth(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+        # Any signed-in user; `providers` are the configured ones, `links` this user's own
+        # (coderd/externalauth.go `listUserExternalAuths`, BEHAVIOR.md §11). No links here.
+        providers = [{"id": p, "type": p if p in ("github", "gitlab") else "", "device": False, "display_name": p,
+                      "display_icon": "", "allow_refresh": True, "allow_validate": True}
+                     for p in self.external_auth_providers]
+        return Response(200, {"providers": providers, "links": []})
+
     # ======================================================================= routes
     def register_template_routes(self: "FakeCoderd") -> None:
         self.api("POST", "/files", self._post_file)
+        self.api("GET", "/external-auth", self._get_external_auth)
         self.api("GET", "/files/{fileID}", self._get_file)
         self.api("POST", "/organizations/{organization}/templateversions", self._post_template_version)
         self.api("GET", "/templateversions/{templateversion}", self._get_template_version)

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from typing import TYPE_CHECKING, Any
 
-from fakes import coderd_password
 from fakes.base import Request, Response
 from fakes.coderd_common import (
     NIL_UUID,
@@ -25,6 +25,7 @@ from fakes.coderd_common import (
     rfc3339,
     validation_failed,
 )
+from jobs.validation import coderd_password_error
 
 if TYPE_CHECKING:  # pragma: no cover
     from fakes.coderd import Ctx, FakeCoderd
@@ -147,6 +148,10 @@ class UsersMixin:
             return self._insert_key(u["id"], "token", lifetime_s or self.default_token_lifetime_s,
                                     token_name=docker_name(self.rng) + new_id()[:4])
 
+    def race_first_user(self: "FakeCoderd", calls: int = 2) -> None:
+        """The next `calls` POST /users/first all pass the 409 check before any inserts."""
+        self.first_user_barrier = threading.Barrier(calls)
+
     def user(self: "FakeCoderd", username: str) -> dict | None:
         with self.lock:
             u = self._find_user(username)
@@ -157,6 +162,7 @@ class UsersMixin:
         self.api("GET", "/users/first", self._get_first_user, auth=False)
         self.api("POST", "/users/first", self._post_first_user, auth=False, csrf_exempt=True)
         self.api("POST", "/users/login", self._post_login, auth=False)
+        self.api("POST", "/users/logout", self._post_logout)
         self.api("GET", "/users/{user}/organizations", self._get_user_orgs)
         self.api("GET", "/users/{user}/keys/tokens/tokenconfig", self._get_token_config)
         self.api("GET", "/users/{user}/keys/tokens/{keyname}", self._get_token_by_name)
@@ -202,25 +208,31 @@ class UsersMixin:
                            "Pass the one-time setup token printed by the server as \"setup_token\".")
             if sent != self.setup_token:
                 return msg(403, "Invalid setup token.")
-        problem = coderd_password.validate(password)
+        problem = coderd_password_error(password)
         if problem:
             return msg(400, "Password not strong enough!", validations=[{"field": "password", "detail": problem}])
         if body.get("trial") and self.trial_fails:
             return msg(500, "Failed to generate trial",
                        'Post "https://v2-licensor.coder.com/trial": dial tcp: lookup v2-licensor.coder.com: no such host')
-        # No lock between the 409 check and the insert, like coderd.
+        # No lock between the 409 check and the insert, like coderd. `race_first_user(n)` holds
+        # n calls here until all have passed the check, so a test gets the race every time.
+        barrier = self.first_user_barrier
+        if barrier is not None:
+            try:
+                barrier.wait(timeout=10)
+            except threading.BrokenBarrierError:
+                pass
+            self.first_user_barrier = None
         if self.first_user_race_window > 0:
             time.sleep(self.first_user_race_window)
         with self.lock:
-            for u in self.users.values():
-                if u["deleted"]:
-                    continue
-                if u["username"].lower() == username.lower():
+            # The loser of the race gets 500, not 409; a real coderd's detail named the email
+            # index (BEHAVIOR.md §11), so that one is checked first.
+            for index, key in (("idx_users_email", "email"), ("idx_users_username", "username")):
+                wanted = (email if key == "email" else username).lower()
+                if any(not u["deleted"] and u[key].lower() == wanted for u in self.users.values()):
                     return msg(500, "Internal error creating user.",
-                               'pq: duplicate key value violates unique constraint "idx_users_username"')
-                if u["email"].lower() == email.lower():
-                    return msg(500, "Internal error creating user.",
-                               'pq: duplicate key value violates unique constraint "idx_users_email"')
+                               f'pq: duplicate key value violates unique constraint "{index}"')
             uid = new_id()
             self.users[uid] = self._new_user_record(uid, username, email, name, password, ("owner",), "password")
             self.users_by_name[username.lower()] = uid
@@ -254,6 +266,19 @@ class UsersMixin:
         return Response(201, {"session_token": token}, headers={
             "Set-Cookie": f"coder_session_token={token}; Path=/; Expires={cookie_exp}; HttpOnly; SameSite=Lax",
         })
+
+    def _post_logout(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+        # Deletes the key the call was made with, and clears the cookie (coderd/userauth.go
+        # `postLogout`; BEHAVIOR.md §11). Nothing else ever removes a login's key row.
+        with self.lock:
+            self.keys.pop(ctx.key["id"], None)
+        return Response(200, {"message": "Logged out!"},
+                        headers={"Set-Cookie": "coder_session_token=; Path=/; Max-Age=0"})
+
+    def api_key_count(self: "FakeCoderd", login_type: str | None = None) -> int:
+        """Rows in coderd's api_keys table (optionally of one login type: password, token)."""
+        with self.lock:
+            return sum(1 for k in self.keys.values() if login_type is None or k["login_type"] == login_type)
 
     def _get_user(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
         u = self._user_param(req, ctx)

@@ -39,7 +39,7 @@ def run(args: list[str], env: dict[str, str]) -> int:
 def show_coderd(fake: FakeCoderd) -> None:
     with fake.lock:
         writes = Counter(f"{r.method} {r.route.split(' ', 1)[-1]}" for r in fake.log
-                         if r.is_write and r.path != "/api/v2/users/login")
+                         if r.is_write and r.path not in ("/api/v2/users/login", "/api/v2/users/logout"))
         total = len(fake.log)
         templates = {t["name"]: t for t in fake.templates.values()}
         versions = fake.versions
@@ -115,7 +115,8 @@ def main() -> int:
     templates = workdir / "coder-templates"
     shutil.copytree(REPO / "chart" / "files" / "coder-templates", templates)
     failures = 0
-    with FakeCoderd() as coderd:
+    # GitHub external auth configured, as the PreSync hook's Secret gives coderd.
+    with FakeCoderd(external_auth_providers=("github",)) as coderd:
         env = {
             "CODER_URL": coderd.url,
             "CODER_ADMIN_USERNAME": "platform-admin",

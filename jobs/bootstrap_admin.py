@@ -3,6 +3,9 @@
 Plan: `GET /users/first` decides between creating the user and verifying that the
 configured credentials still log in. Apply: `POST /users/first` (trial off), where a 409
 means another run won the race and we verify instead.
+
+Only the create path checks the values against coderd's rules before sending (exit 2, nothing
+written): verifying an existing admin's login lets coderd judge the credentials.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ from typing import Any
 from jobs.coder import CoderClient, client_from_settings
 from jobs.context import RunContext
 from jobs.converge import retry_transient
+from jobs import validation
 from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError
 from jobs.plan import Action, log_plan
 from jobs.settings import BootstrapSettings
@@ -26,6 +30,17 @@ def plan(first_user_exists: bool, settings: BootstrapSettings) -> list[Action]:
     if settings.coder_setup_token:
         details["setup_token"] = "set"
     return [Action("create-first-user", f"user/{settings.coder_admin_username}", "coderd has no users yet", details)]
+
+
+def first_user_problems(settings: BootstrapSettings) -> list[str]:
+    """coderd's own rules for the first user (BEHAVIOR.md §2), named by variable, never the value."""
+    checks = (
+        ("CODER_ADMIN_USERNAME", validation.username_problem(settings.coder_admin_username)),
+        ("CODER_ADMIN_EMAIL", validation.email_problem(settings.coder_admin_email)),
+        ("CODER_ADMIN_NAME", validation.real_name_problem(settings.coder_admin_name)),
+        ("CODER_ADMIN_PASSWORD", validation.password_problem(settings.coder_admin_password.get_secret_value())),
+    )
+    return [f"{name}: {problem}" for name, problem in checks if problem]
 
 
 def first_user_body(settings: BootstrapSettings) -> dict[str, Any]:
@@ -49,12 +64,18 @@ def _refused_for_setup_token(err: CoderAPIError) -> bool:
 
 
 def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any) -> bool:
-    """True when we created the user, False when someone else had (409)."""
+    """True when we created the user, False when someone else had (409, or the race's 500)."""
     try:
         created = client.create_first_user(first_user_body(settings))
     except CoderAPIError as err:
         if err.status == 409:
             log.info("another run created the first user first", username=settings.coder_admin_username)
+            return False
+        # Two calls at the same instant both pass coderd's 409 check; the loser's insert hits a
+        # unique index and answers 500 (BEHAVIOR.md §11). A first user existing now means that.
+        if err.status == 500 and client.first_user_exists():
+            log.info("another run created the first user first", username=settings.coder_admin_username,
+                     answer=err.describe())
             return False
         if _refused_for_setup_token(err):
             hint = "CODER_SETUP_TOKEN is set but coderd rejected it" if settings.coder_setup_token else "set CODER_SETUP_TOKEN"
@@ -78,7 +99,7 @@ def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: An
                 f"or reset that user's password with `coder reset-password` ({RUNBOOK_HINT})"
             ) from None
         raise
-    client.use_session(token)  # later steps (recover) reuse it instead of logging in again
+    client.adopt_login(token)  # later steps (recover) reuse it; logged out when the client closes
     log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)
 
 
@@ -89,6 +110,10 @@ def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) 
 
 def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> list[Action]:
     actions = plan(client.first_user_exists(), settings)
+    if any(a.kind == "create-first-user" for a in actions):
+        problems = first_user_problems(settings)
+        if problems:
+            raise ConfigError("coderd would refuse to create the first user", problems)
     log_plan(ctx.log, actions, ctx.dry_run)
     if ctx.dry_run:
         return actions

@@ -8,6 +8,10 @@ What is retried (and nothing else):
 - a 401 caused by coderd's database outage (BEHAVIOR.md §1), again only when safe.
 A 4xx is an answer, never retried blindly. A 401 "signed out" triggers one re-login when we
 logged in with a password ourselves.
+
+Sessions: coderd keeps one API key row per password login and never purges it (BEHAVIOR.md
+§11), so a session this client logged in for is revoked (`POST /users/logout`) when the client
+is closed, whatever the outcome of the run. A CODER_SESSION_TOKEN is the operator's: never.
 """
 
 from __future__ import annotations
@@ -20,7 +24,15 @@ from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 from pydantic import BaseModel
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_before_delay, wait_exponential_jitter
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_before_delay,
+    wait_exponential_jitter,
+)
 
 from jobs import __version__
 from jobs.errors import CoderAPIError, CoderUnavailable, JobError
@@ -31,6 +43,7 @@ from jobs.models import (
     ProvisionerJobLog,
     Template,
     TemplateVersion,
+    TemplateVersionVariable,
     User,
     Workspace,
     WorkspaceBuild,
@@ -96,7 +109,7 @@ class CoderClient:
         self._token = token
         self._email = email
         self._password = password
-        self._logged_in_by_password = False
+        self._owns_session = False  # the token came from our own password login: revoke it on close
         self.ready_timeout = ready_timeout
         self._sleep = sleep
         self.server_date: datetime | None = None
@@ -111,7 +124,11 @@ class CoderClient:
         self.log = get_logger(component="coder-client")
 
     def close(self) -> None:
-        self._http.close()
+        try:
+            if self._owns_session and self._token:
+                self.logout()
+        finally:
+            self._http.close()
 
     def __enter__(self) -> "CoderClient":
         return self
@@ -132,12 +149,15 @@ class CoderClient:
         auth: bool = True,
         safe: bool | None = None,
         ok: tuple[int, ...] = (200, 201),
+        deadline: float | None = None,
     ) -> httpx.Response:
-        """Send one request with the retry policy above; raise CoderAPIError unless status in `ok`."""
+        """Send one request with the retry policy above; raise CoderAPIError unless status in `ok`.
+        Retries stop after `deadline` seconds (default: CODER_READY_TIMEOUT)."""
         safe = method in {"GET", "HEAD"} if safe is None else safe
         relogged = False
         while True:
-            response = self._send_with_retries(method, path, json, params, content, headers, auth, safe)
+            response = self._send_with_retries(method, path, json, params, content, headers, auth, safe,
+                                               self.ready_timeout if deadline is None else deadline)
             if response.status_code == 401 and auth and not relogged and self._can_login() and self._is_signed_out(response):
                 self.log.info("session rejected, logging in again", path=path)
                 self._token = None
@@ -148,9 +168,9 @@ class CoderClient:
                 raise error_from_response(method, path, response)
             return response
 
-    def _send_with_retries(self, method, path, json, params, content, headers, auth, safe) -> httpx.Response:
+    def _send_with_retries(self, method, path, json, params, content, headers, auth, safe, deadline) -> httpx.Response:
         retrying = Retrying(
-            stop=stop_before_delay(self.ready_timeout),
+            stop=stop_before_delay(deadline),
             wait=self._wait,
             retry=retry_if_exception_type(_Transient),
             sleep=self._sleep,
@@ -163,7 +183,7 @@ class CoderClient:
                     return self._send_once(method, path, json, params, content, headers, auth, safe)
         except _Transient as exc:
             raise CoderUnavailable(
-                f"{method} {path} at {self.url} kept failing for {self.ready_timeout:g}s (CODER_READY_TIMEOUT): {exc}"
+                f"{method} {path} at {self.url} kept failing for {deadline:g}s (CODER_READY_TIMEOUT): {exc}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -267,10 +287,37 @@ class CoderClient:
                 self.log.info("waiting for coderd", url=self.url, last_error=last, remaining_s=round(remaining, 1))
             self._sleep(min(delay, max(remaining, 0.01)))
 
-    def use_session(self, token: str) -> None:
-        """Adopt a session from a login done elsewhere, unless we already have a token."""
+    def adopt_login(self, token: str) -> None:
+        """A session from a password login made elsewhere (bootstrap-admin's check): later steps
+        use it instead of logging in again; when we already hold a token, it is revoked at once."""
         if not self._token:
             self._token = token
+            self._owns_session = True
+        else:
+            self.logout(token)
+
+    def logout(self, token: str | None = None) -> None:
+        """Revoke a session (ours by default). Never raises: a failure is logged, the run's own
+        outcome stands. Bounded, so a coderd gone mid-run does not hold the exit for another
+        CODER_READY_TIMEOUT."""
+        token = token or self._token
+        if token is None:
+            return
+        if token == self._token:
+            self._token, self._owns_session = None, False
+        deadline = min(self.ready_timeout, 10.0)
+        # Safe to repeat, even after a 500: a second logout of the same key answers 401 (done).
+        retrying = Retrying(stop=stop_after_attempt(4) | stop_before_delay(deadline),
+                            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
+                            retry=retry_if_exception(lambda e: isinstance(e, CoderAPIError) and e.status >= 500),
+                            sleep=self._sleep, reraise=True)
+        try:
+            for attempt in retrying:
+                with attempt:
+                    self.request("POST", "/api/v2/users/logout", headers={"Coder-Session-Token": token}, auth=False,
+                                 safe=True, ok=(200, 401), deadline=deadline)
+        except JobError as err:
+            self.log.warning("could not revoke the login session; coderd keeps it until it expires", cause=str(err))
 
     def login(self) -> None:
         if not self._can_login():
@@ -284,7 +331,7 @@ class CoderClient:
                 raise JobError(f"coderd at {self.url} has no users: its database is new or was reset "
                                f"(login answered: {err.message or err.status}); run `coder-jobs recover`") from None
             raise
-        self._logged_in_by_password = True
+        self._owns_session = True
 
     def password_login(self, email: str, password: str) -> str:
         """POST /users/login; returns the session token. Raises CoderAPIError on 4xx."""
@@ -303,6 +350,12 @@ class CoderClient:
     def create_first_user(self, body: dict[str, Any]) -> dict[str, Any]:
         # Safe to repeat: a repeat after success answers 409, which the caller handles.
         return self.request("POST", "/api/v2/users/first", json=body, auth=False, safe=True, ok=(201,)).json()
+
+    def external_auth_providers(self) -> list[str]:
+        """Ids of the external auth providers coderd has configured (BEHAVIOR.md §11)."""
+        body = self.request("GET", "/api/v2/external-auth").json()
+        ids = [p.get("id") if isinstance(p, dict) else p for p in (body.get("providers") or [])]
+        return [i for i in ids if isinstance(i, str)]
 
     def me(self) -> User:
         return self.get("/api/v2/users/me", User)
@@ -331,6 +384,18 @@ class CoderClient:
     def template_version_by_name(self, template_id: str, name: str) -> TemplateVersion | None:
         response = self.request("GET", f"/api/v2/templates/{template_id}/versions/{name}", ok=(200, 404))
         return None if response.status_code == 404 else TemplateVersion.model_validate(response.json())
+
+    def template_versions(self, template_id: str) -> list[TemplateVersion]:
+        return self.get_list(f"/api/v2/templates/{template_id}/versions", TemplateVersion)
+
+    def template_version_variables(self, version_id: str) -> list[TemplateVersionVariable]:
+        return self.get_list(f"/api/v2/templateversions/{version_id}/variables", TemplateVersionVariable)
+
+    def cancel_template_version(self, version_id: str) -> None:
+        try:
+            self.request("PATCH", f"/api/v2/templateversions/{version_id}/cancel", safe=True)
+        except CoderAPIError:
+            pass  # best effort: it may have finished meanwhile
 
     def template_version_logs(self, version_id: str, after: int | None = None) -> list[ProvisionerJobLog]:
         params = {"after": after} if after is not None else {}

@@ -1,4 +1,9 @@
-"""doctor: a read-only report of drift between the chart and coderd. Exit 0 healthy, 1 drift."""
+"""doctor: a read-only report of drift between the chart and coderd. Exit 0 healthy, 1 drift.
+
+Besides what republish-templates would change (content, settings, and every variable value the
+active version holds that differs from the folder's), it reports templates that use an external
+auth provider coderd does not have: neither a new version nor a workspace of them can build.
+"""
 
 from __future__ import annotations
 
@@ -20,15 +25,23 @@ def run(settings: RecoverSettings, ctx: RunContext) -> int:
             drift.append(Action("drift", "user/first", "coderd has no first user (run recover)"))
             drift += [Action("drift", f"template/{t.name}", "cannot be checked before the first user exists") for t in templates]
         else:
+            preflight = republish.Preflight(client, settings.coder_organization)
             for local in templates:
                 try:
-                    remote = republish.observe(client, settings.coder_organization, local)
+                    remote = republish.observe(client, settings.coder_organization, local, read_values=True)
                 except CoderAPIError as err:
                     drift.append(Action("drift", f"template/{local.name}", f"cannot read it: {err.describe()}"))
                     continue
+                if remote.template is None:
+                    preflight.require_organization()  # exit 2 when CODER_ORGANIZATION is wrong
                 for action in republish.plan(local, remote):
                     if action.kind != "nothing":
                         drift.append(Action("drift", action.target, f"{action.kind}: {action.reason}", action.details))
+                missing = republish.missing_providers(local, preflight.providers()) if local.external_auth else []
+                if missing:
+                    drift.append(Action("drift", f"template/{local.name}", republish.external_auth_message(
+                        local.name, missing, preflight.providers(), written="nothing can be built from it"),
+                        {"missing_external_auth": missing}))
     for action in drift:
         ctx.log.warning(f"drift {action.target}", reason=action.reason, **action.details)
     ctx.log.info("doctor", healthy=not drift, drift=len(drift), templates=[t.name for t in templates])

@@ -24,6 +24,11 @@ class ConfigError(JobError):
         super().__init__(full)
 
 
+class TemplateError(JobError):
+    """One template could not be converged (a failed build, a provider coderd lacks, ...);
+    the other templates still are, and the run exits 1."""
+
+
 class Terminated(JobError):
     """SIGTERM (Kubernetes activeDeadlineSeconds, a pod eviction): stop now, exit 1."""
 

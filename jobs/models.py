@@ -64,6 +64,14 @@ class TemplateVersion(CoderModel):
     job: ProvisionerJob
 
 
+class TemplateVersionVariable(CoderModel):
+    name: str
+    value: str = ""  # `*redacted*` for a sensitive variable (BEHAVIOR.md §5)
+    default_value: str = ""
+    sensitive: bool = False
+    required: bool = False
+
+
 class ProvisionerJobLog(CoderModel):
     id: int
     stage: str = ""

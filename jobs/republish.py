@@ -1,9 +1,15 @@
 """republish-templates: make each Coder template's active version match the chart's files.
 
 observe (read coderd) -> plan (pure: create / publish-version / update-settings / nothing)
--> apply. A run that finds everything current writes nothing: the active version's content
-fingerprint is recorded in its message, or computed from its archive when it was pushed by
-hand, so identical content is never pushed twice (`coder templates push` always would).
+-> check (what a write needs from coderd's configuration) -> apply. A run that finds everything
+current writes nothing: the active version's content fingerprint is recorded in its message, or
+computed from its archive when it was pushed by hand, so identical content is never pushed twice
+(`coder templates push` always would).
+
+Each template is converged on its own: one that cannot be (a failed build, an external auth
+provider coderd lacks) is reported and the others still are; the exit code is the worst outcome.
+A problem that is not the template's (coderd unreachable, the credentials, an unknown
+CODER_ORGANIZATION) ends the run, since every other template would meet it too.
 """
 
 from __future__ import annotations
@@ -17,10 +23,10 @@ from jobs.archive import files_from_tar, fingerprint
 from jobs.coder import CoderClient, client_from_settings
 from jobs.context import RunContext
 from jobs.converge import retry_transient
-from jobs.errors import EXIT_OK, CoderAPIError, JobError
-from jobs.models import Template, TemplateVersion
+from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError, TemplateError
+from jobs.models import ProvisionerJobLog, Template, TemplateVersion
 from jobs.plan import Action, log_plan
-from jobs.settings import TemplatesSettings
+from jobs.settings import ExternalAuthSettings, TemplatesSettings
 from jobs.template_source import LocalTemplate, load_templates
 
 _MARKER = re.compile(r"coder-jobs content=(sha256:[0-9a-f]{64}) variables=(sha256:[0-9a-f]{64})")
@@ -32,6 +38,12 @@ _COPIED_META = (
     "time_til_dormant_ms", "time_til_dormant_autodelete_ms", "require_active_version", "deprecation_message",
     "autostop_requirement", "autostart_requirement", "max_port_share_level",
 )
+_BUILDS = {"create-template", "publish-version"}
+_REDACTED = "*redacted*"
+_NOT_CONFIGURED = re.compile(r'external auth provider "([^"]+)" is not configured')
+EXTERNAL_AUTH_SECRET = ExternalAuthSettings.model_fields["external_auth_target_secret"].default
+RUNBOOK_EXTERNAL_AUTH = "RUNBOOK.md section 2, 'Templates missing or stale', step 5"
+MAX_ERROR_LINES = 20
 
 
 @dataclass(frozen=True)
@@ -39,16 +51,17 @@ class RemoteTemplate:
     template: Template | None
     active_content: str | None = None  # fingerprint of the active version's files
     active_variables: str | None = None  # None: not recorded (pushed by hand)
+    active_values: dict[str, str | None] | None = None  # the active version's variables (None: redacted); None: not read
 
 
 def version_marker(local: LocalTemplate) -> str:
-    return f"coder-jobs content={local.fingerprint} variables={local.settings.variables_fingerprint()}"
+    return f"coder-jobs content={local.fingerprint} variables={local.variables_fingerprint()}"
 
 
 def version_name(local: LocalTemplate) -> str:
     # Deterministic, so a retry or a racing run hits coderd's per-template name check (409).
     content = local.fingerprint.split(":")[1][:12]
-    variables = local.settings.variables_fingerprint().split(":")[1][:6]
+    variables = local.variables_fingerprint().split(":")[1][:6]
     return f"cj-{content}-{variables}"
 
 
@@ -61,18 +74,66 @@ def settings_diff(local: LocalTemplate, template: Template) -> dict[str, Any]:
     return {k: v for k, v in local.settings.meta().items() if getattr(template, k) != v}
 
 
+def differing_variables(local: LocalTemplate, active: dict[str, str | None]) -> list[str]:
+    """Variables whose value on coderd is not the folder's; redacted (sensitive) ones cannot be told."""
+    return [v["name"] for v in local.variable_values()
+            if v["name"] not in active or (active[v["name"]] is not None and active[v["name"]] != v["value"])]
+
+
+def missing_providers(local: LocalTemplate, configured: list[str]) -> list[str]:
+    return [p for p in local.external_auth if p not in configured]
+
+
+def external_auth_message(name: str, missing: list[str], configured: list[str] | None, *, written: str) -> str:
+    ids = ", ".join(f'"{p}"' for p in missing)
+    known = "" if configured is None else f" (configured: {', '.join(configured) or 'none'})"
+    return (
+        f"template {name} uses external auth provider {ids}, which coderd does not have configured{known}; "
+        f"coderd fails the import of such a version, so {written}. "
+        f"coderd reads the provider from the Secret {EXTERNAL_AUTH_SECRET}, which sync-external-auth materializes: "
+        f"run sync-external-auth, then restart coderd, then republish ({RUNBOOK_EXTERNAL_AUTH})"
+    )
+
+
+def failed_build_message(name: str, version: TemplateVersion, logs: list[ProvisionerJobLog]) -> str:
+    """The job's error, then every log line that carries an error (the tail only when none does)."""
+    error = version.job.error or "no error text"
+    text = f"template {name}: version {version.name} failed to build ({version.job.status}): {error}; the active version is unchanged"
+    not_configured = _NOT_CONFIGURED.findall(error)
+    if not_configured:
+        return external_auth_message(name, not_configured, None, written="this version failed") + f". {text}"
+    errors = [entry for entry in logs if entry.log_level == "error"]
+    if errors:
+        lines, title = errors[:MAX_ERROR_LINES], "Error log lines"
+    else:
+        lines, title = logs[-10:], "No log line carries an error; last log lines"
+    return text + f". {title}:\n" + "\n".join(f"  [{entry.stage}] {entry.output}" for entry in lines)
+
+
 # -- observe ---------------------------------------------------------------------------
-def observe(client: CoderClient, org: str, local: LocalTemplate) -> RemoteTemplate:
+def observe(client: CoderClient, org: str, local: LocalTemplate, *, read_values: bool = False) -> RemoteTemplate:
     template = client.template(org, local.name)
     if template is None:
         return RemoteTemplate(None)
     version = client.template_version(template.active_version_id)
     marker = _MARKER.search(version.message or "")
+    values = _active_values(client, version) if read_values or not marker else None  # not ours: no marker
     if marker:
-        return RemoteTemplate(template, marker.group(1), marker.group(2))
+        return RemoteTemplate(template, marker.group(1), marker.group(2), values)
     # Pushed by hand (or by an older tool): fingerprint what coderd actually holds.
     files = files_from_tar(client.download(version.job.file_id))
-    return RemoteTemplate(template, fingerprint(files), None)
+    return RemoteTemplate(template, fingerprint(files), None, values)
+
+
+def _active_values(client: CoderClient, version: TemplateVersion) -> dict[str, str | None] | None:
+    """name -> value (None when coderd redacts it), or None while the job has not finished (403)."""
+    try:
+        variables = client.template_version_variables(version.id)
+    except CoderAPIError as err:
+        if err.status == 403:
+            return None
+        raise
+    return {v.name: None if v.sensitive and v.value == _REDACTED else v.value for v in variables}
 
 
 # -- plan (pure) -----------------------------------------------------------------------
@@ -82,14 +143,17 @@ def plan(local: LocalTemplate, remote: RemoteTemplate) -> list[Action]:
         return [Action("create-template", target, "missing on coderd", {"fingerprint": local.fingerprint})]
     actions = []
     same_content = remote.active_content == local.fingerprint
-    wanted_vars = local.settings.variables_fingerprint()
-    same_vars = remote.active_variables in (None, wanted_vars)
+    wanted_vars = local.variables_fingerprint()
+    differing = differing_variables(local, remote.active_values) if remote.active_values is not None else []
+    same_vars = remote.active_variables in (None, wanted_vars) and not differing
     if not same_content:
         actions.append(Action("publish-version", target, "active version's content differs",
                               {"fingerprint": local.fingerprint, "active_fingerprint": remote.active_content}))
     elif not same_vars:
-        actions.append(Action("publish-version", target, "template variable values changed",
-                              {"fingerprint": local.fingerprint}))
+        details: dict[str, Any] = {"fingerprint": local.fingerprint}
+        if differing:
+            details["variables"] = differing
+        actions.append(Action("publish-version", target, "template variable values changed", details))
     diff = settings_diff(local, remote.template)
     if diff:
         actions.append(Action("update-settings", target, "settings differ", {"changes": sorted(diff)}))
@@ -99,6 +163,43 @@ def plan(local: LocalTemplate, remote: RemoteTemplate) -> list[Action]:
             reason = "adopted: the active version (pushed by hand) has identical content"
         actions.append(Action("nothing", target, reason, {"fingerprint": local.fingerprint}))
     return actions
+
+
+# -- check: what a write needs from coderd, read once and only when something is written ---
+class Preflight:
+    def __init__(self, client: CoderClient, org: str) -> None:
+        self.client = client
+        self.org = org
+        self._org_known = False
+        self._providers: list[str] | None = None
+
+    def require_organization(self) -> None:
+        """A template lookup answers 404 for an unknown organization too (BEHAVIOR.md §11): ask
+        the organization itself before creating anything in it."""
+        if self._org_known:
+            return
+        try:
+            self.client.organization(self.org)
+        except CoderAPIError as err:
+            if err.status in (400, 404):
+                raise ConfigError(f"CODER_ORGANIZATION: coderd has no organization {self.org!r} that the admin can see "
+                                  f"(`default` is the default organization); nothing was written") from None
+            raise
+        self._org_known = True
+
+    def providers(self) -> list[str]:
+        if self._providers is None:
+            self._providers = self.client.external_auth_providers()
+        return self._providers
+
+    def check(self, local: LocalTemplate, remote: RemoteTemplate, actions: list[Action]) -> None:
+        if remote.template is None:
+            self.require_organization()
+        if not any(a.kind in _BUILDS for a in actions) or not local.external_auth:
+            return
+        missing = missing_providers(local, self.providers())
+        if missing:
+            raise TemplateError(external_auth_message(local.name, missing, self.providers(), written="nothing was uploaded"))
 
 
 # -- apply -----------------------------------------------------------------------------
@@ -149,7 +250,7 @@ class Publisher:
         self.log.info("updated template settings", template=local.name, changed=changed)
 
     def build_version(self, local: LocalTemplate, template_id: str | None) -> TemplateVersion:
-        key = (local.fingerprint + local.settings.variables_fingerprint(), template_id)
+        key = (local.fingerprint + local.variables_fingerprint(), template_id)
         version = self._built.get(key)
         if version is None:
             file_id = self.client.upload(local.archive)
@@ -159,7 +260,8 @@ class Publisher:
                 "file_id": file_id,
                 "name": version_name(local),
                 "message": version_message(local, self.revision),
-                "user_variable_values": local.settings.variable_values(),
+                # Every declared variable: coderd would carry an omitted one over (BEHAVIOR.md §11).
+                "user_variable_values": local.variable_values(),
             }
             if template_id:
                 body["template_id"] = template_id
@@ -185,25 +287,23 @@ class Publisher:
                 if existing is not None and existing.job.status != "failed" and existing.job.status != "canceled":
                     self.log.info("reusing the version already built for this content", template=local.name, version=existing.name)
                     return existing
+                # The name is taken by a failed build of this content: one new attempt per run.
                 body = {**body, "name": f"{body['name']}-{int(time.time())}"}
                 return self.client.create_template_version(self.org, body)
             if err.status == 500 and "workspace tags" in err.message.lower():
-                raise JobError(f"template {local.name}: coderd could not parse the template: {err.detail or err.message}") from None
+                raise TemplateError(f"template {local.name}: coderd could not parse the template: {err.detail or err.message}") from None
             raise
 
     def _version_named(self, template_id: str, name: str) -> TemplateVersion | None:
-        for v in self.client.get_list(f"/api/v2/templates/{template_id}/versions", TemplateVersion):
-            if v.name == name:
-                return v
-        return None
+        return next((v for v in self.client.template_versions(template_id) if v.name == name), None)
 
     def wait_for_job(self, local: LocalTemplate, version: TemplateVersion) -> TemplateVersion:
         deadline = time.monotonic() + self.timeout
         delay = 0.1
         while not version.job.terminal:
             if time.monotonic() > deadline:
-                self._cancel(version)
-                raise JobError(
+                self.client.cancel_template_version(version.id)
+                raise TemplateError(
                     f"template {local.name}: version {version.name} was not built within {self.timeout:g}s "
                     f"(TEMPLATE_BUILD_TIMEOUT; job {version.job.status}); the active version is unchanged"
                     + ("" if version.job.status != "pending" else ": is a provisioner daemon running?")
@@ -212,20 +312,9 @@ class Publisher:
             delay = min(self.poll_interval * 2, delay * 2)
             version = self.client.template_version(version.id)
         if version.job.status != "succeeded":
-            logs = self.client.template_version_logs(version.id)
-            tail = "\n".join(f"  [{entry.stage}] {entry.output}" for entry in logs[-15:])
-            raise JobError(
-                f"template {local.name}: version {version.name} failed to build ({version.job.status}): "
-                f"{version.job.error or 'no error text'}; the active version is unchanged. Last log lines:\n{tail}"
-            )
+            raise TemplateError(failed_build_message(local.name, version, self.client.template_version_logs(version.id)))
         self.log.info("version built", template=local.name, version=version.name, version_id=version.id)
         return version
-
-    def _cancel(self, version: TemplateVersion) -> None:
-        try:
-            self.client.request("PATCH", f"/api/v2/templateversions/{version.id}/cancel", safe=True)
-        except CoderAPIError:
-            pass  # best effort: it may have finished meanwhile
 
 
 def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
@@ -233,17 +322,29 @@ def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
     if templates is None:
         templates = load_templates(settings.templates_dir, settings.template_names())
     publisher = Publisher(client, settings, ctx.log)
+    preflight = Preflight(client, settings.coder_organization)
     all_actions: list[Action] = []
+    failed: list[str] = []
     for local in templates:
         def one(local: LocalTemplate = local) -> list[Action]:
             remote = observe(client, settings.coder_organization, local)
             actions = plan(local, remote)
             log_plan(ctx.log, actions, ctx.dry_run)
+            preflight.check(local, remote, actions)
             if not ctx.dry_run:
                 publisher.apply(local, remote, actions)
             return actions
 
-        all_actions += retry_transient(one, deadline_s=settings.coder_ready_timeout, log=ctx.log, what=f"template {local.name}")
+        try:
+            all_actions += retry_transient(one, deadline_s=settings.coder_ready_timeout, log=ctx.log,
+                                           what=f"template {local.name}")
+        except TemplateError as err:
+            ctx.log.error(str(err), template=local.name)
+            failed.append(local.name)
+    if failed:
+        others = "; the others converged" if len(failed) < len(templates) else ""
+        raise JobError(f"{len(failed)} of {len(templates)} templates did not converge: {', '.join(failed)} "
+                       f"(each one's cause is logged above){others}")
     return all_actions
 
 

@@ -67,12 +67,6 @@ class CoderSettings(JobSettings):
             raise ValueError("is not a Coder API token (expected <id>-<secret>, letters and digits)")
         return value
 
-    @field_validator("coder_admin_email")
-    @classmethod
-    def _login_email(cls, value: str | None) -> str | None:
-        # coderd's login validates the email format too: fail here (exit 2), not at login (exit 1).
-        return value if value is None else _check(value, validation.email_problem(value))
-
     @classmethod
     def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
         if raw.get("CODER_SESSION_TOKEN"):
@@ -90,26 +84,8 @@ class BootstrapSettings(CoderSettings):
     coder_admin_name: str | None = Field(None, description="Full name of the first user")
     coder_setup_token: SecretStr | None = Field(None, description="One-time setup token newer coderd releases may require")
 
-    # coderd's own rules (BEHAVIOR.md §2), so bad input fails before anything is sent.
-    @field_validator("coder_admin_username")
-    @classmethod
-    def _username(cls, value: str) -> str:
-        return _check(value, validation.username_problem(value))
-
-    @field_validator("coder_admin_email")
-    @classmethod
-    def _email(cls, value: str) -> str:
-        return _check(value, validation.email_problem(value))
-
-    @field_validator("coder_admin_name")
-    @classmethod
-    def _name(cls, value: str | None) -> str | None:
-        return _check(value, validation.real_name_problem(value))
-
-    @field_validator("coder_admin_password")
-    @classmethod
-    def _password(cls, value: SecretStr) -> SecretStr:
-        return _check(value, validation.password_problem(value.get_secret_value()))
+    # coderd's rules for these are checked by bootstrap-admin just before it creates the first
+    # user, and nowhere else: a job logging in as an existing admin lets coderd judge them.
 
     @classmethod
     def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from jobs.archive import SETTINGS_FILE, archive_folder
 from jobs.errors import ConfigError
+from jobs.terraform_files import HCLError, Variable, inspect
 from jobs.validation import username_problem
 
 
@@ -51,7 +52,12 @@ class TemplateSettings(BaseModel):
         return [{"name": k, "value": text(v)} for k, v in sorted(self.variables.items())]
 
     def variables_fingerprint(self) -> str:
-        return "sha256:" + hashlib.sha256(json.dumps(self.variable_values(), sort_keys=True).encode()).hexdigest()
+        """Of the file's values alone; what is published is LocalTemplate.variables_fingerprint."""
+        return _values_fingerprint(self.variable_values())
+
+
+def _values_fingerprint(values: list[dict[str, str]]) -> str:
+    return "sha256:" + hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -62,6 +68,34 @@ class LocalTemplate:
     fingerprint: str
     settings: TemplateSettings
     files: tuple[str, ...] = ()
+    variables: tuple[Variable, ...] = ()  # what the root module declares
+    external_auth: tuple[str, ...] = ()  # `coder_external_auth` provider ids, modules included
+
+    def variable_values(self) -> list[dict[str, str]]:
+        """Every declared variable with its value from coder-template.yaml, else its default.
+
+        All of them, on every version: coderd carries a value a version omits over from the
+        active version (BEHAVIOR.md §11), so deleting a line must send the default to reset it.
+        """
+        given = {v["name"]: v["value"] for v in self.settings.variable_values()}
+        return [{"name": v.name, "value": given[v.name] if v.name in given else v.default or ""}
+                for v in sorted(self.variables, key=lambda v: v.name)]
+
+    def variables_fingerprint(self) -> str:
+        """Covers the full effective set, so a changed default publishes a version too."""
+        return _values_fingerprint(self.variable_values())
+
+    def sensitive_variables(self) -> set[str]:
+        return {v.name for v in self.variables if v.sensitive}
+
+
+def _variable_problems(settings: TemplateSettings, declared: tuple[Variable, ...]) -> list[str]:
+    names = {v.name for v in declared}
+    problems = [f"variables.{name}: the template declares no such variable" for name in sorted(settings.variables)
+                if name not in names]
+    problems += [f"variables.{v.name}: required (the template gives it no default)" for v in declared
+                 if v.default is None and v.name not in settings.variables]
+    return problems
 
 
 def load_settings(folder: Path, name: str) -> TemplateSettings:
@@ -96,5 +130,14 @@ def load_templates(root: Path, names: list[str] | None) -> list[LocalTemplate]:
             raise ConfigError(f"template folder {name!r}: a template name {problem}")
         folder = root / name
         data, fp, files = archive_folder(folder, name)
-        out.append(LocalTemplate(name, folder, data, fp, load_settings(folder, name), tuple(sorted(files))))
+        settings = load_settings(folder, name)
+        try:
+            facts = inspect(files)
+        except HCLError as exc:
+            raise ConfigError(f"template {name}: cannot read its Terraform: {exc}") from None
+        problems = _variable_problems(settings, facts.variables)
+        if problems:
+            raise ConfigError(f"template {name}: {SETTINGS_FILE} does not match the template's variables", problems)
+        out.append(LocalTemplate(name, folder, data, fp, settings, tuple(sorted(files)), facts.variables,
+                                 facts.external_auth))
     return out

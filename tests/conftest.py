@@ -72,14 +72,26 @@ def assert_no_secret(result: Result, *secrets: str) -> None:
         assert secret not in result.stderr, "secret leaked to stderr"
 
 
+SESSION_PATHS = ("/api/v2/users/login", "/api/v2/users/logout")
+
+
 def coder_writes(fake: FakeCoderd) -> list:
-    """Requests that change coderd's state. A login only proves credentials, so it does not count."""
-    return [r for r in fake.writes() if r.path != "/api/v2/users/login"]
+    """Requests that change coderd's state. A login proves credentials and its logout revokes that
+    session again (tests count the API keys for that), so neither counts."""
+    return [r for r in fake.writes() if r.path not in SESSION_PATHS]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "external_auth(*ids): the external auth providers the `coderd` fixture has "
+                                       "configured (default: github, as sync-external-auth sets up)")
 
 
 @pytest.fixture
-def coderd():
-    fake = FakeCoderd().start()
+def coderd(request):
+    """A coderd fake as the chart installs it: GitHub external auth configured (sync-external-auth
+    ran). `@pytest.mark.external_auth()` gives one without any, `external_auth("a", "b")` others."""
+    marker = request.node.get_closest_marker("external_auth")
+    fake = FakeCoderd(external_auth_providers=marker.args if marker else ("github",)).start()
     yield fake
     fake.stop()
 

@@ -26,6 +26,27 @@ _SUCCESS_ALIASES = {201: 200, 200: 201}
 _NO_REQUEST_SCHEMA = {("patch", "/templates/{template}")}
 # Fields coderd accepts that this spec version does not list (newer coderd, see issue 2).
 _EXTRA_REQUEST_FIELDS = {("post", "/users/first"): {"setup_token"}}
+# Definitions the spec gets wrong. codersdk.TransitionStats has no json tags, so a real coderd
+# sends `P50`/`P95` (BEHAVIOR.md summary table, seen on a real server).
+_DEFINITION_FIXES = {
+    "codersdk.TransitionStats": {"type": "object", "properties": {"P50": {"type": "integer"}, "P95": {"type": "integer"}}},
+}
+# Responses the spec documents with the wrong type. GET /external-auth answers
+# codersdk.ListUserExternalAuthResponse, `providers` being the configured ones (BEHAVIOR.md §11),
+# not the single ExternalAuthLink the spec names.
+_RESPONSE_FIXES = {
+    ("get", "/external-auth", 200): {
+        "type": "object", "required": ["providers", "links"], "additionalProperties": False,
+        "properties": {
+            "providers": {"type": "array", "items": {
+                "type": "object", "required": ["id"], "additionalProperties": False, "properties": {
+                    "id": {"type": "string"}, "type": {"type": "string"}, "device": {"type": "boolean"},
+                    "display_name": {"type": "string"}, "display_icon": {"type": "string"},
+                    "allow_refresh": {"type": "boolean"}, "allow_validate": {"type": "boolean"}}}},
+            "links": {"type": "array", "items": {"$ref": "#/definitions/codersdk.ExternalAuthLink"}},
+        },
+    },
+}
 
 
 def available() -> bool:
@@ -86,7 +107,7 @@ def _nullable(schema: Any) -> Any:
 
 @lru_cache(maxsize=1)
 def _definitions(strict: bool = True) -> dict[str, Any]:
-    defs = _nullable(spec()["definitions"])
+    defs = _nullable({**spec()["definitions"], **_DEFINITION_FIXES})
     if strict:  # the fake and the jobs may not invent fields the spec does not have
         for d in defs.values():
             if isinstance(d, dict) and "properties" in d:
@@ -141,7 +162,7 @@ def check_record(record: Any) -> list[str]:
         documented = responses.get(str(record.status)) or responses.get(str(_SUCCESS_ALIASES.get(record.status, 0)))
         if documented is None:
             return problems + [f"{where}: status {record.status} is not documented"]
-        schema = documented.get("schema")
+        schema = _RESPONSE_FIXES.get((method, path, record.status)) or documented.get("schema")
         if schema is None:
             return problems
     problems += [f"{where} response {record.status} {p}" for p in _validate(response, schema)]

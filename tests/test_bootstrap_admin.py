@@ -5,6 +5,8 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
+
 from tests.conftest import CANARY_PASSWORD, CANARY_SETUP_TOKEN, assert_no_secret, coder_writes, run_job
 
 from fakes.coderd import FakeCoderd
@@ -74,22 +76,62 @@ def test_two_concurrent_runs_both_succeed_and_create_one_user(coderd, admin_env)
     assert len(real_users(coderd)) == 1
 
 
-def test_weak_password_is_rejected_before_anything_is_sent(coderd, admin_env):
+def test_two_runs_that_both_pass_coderds_409_check_both_exit_0_and_create_one_user(coderd, admin_env):
+    """The race as a real coderd runs it: the loser's insert hits the email index, 500 not 409."""
+    coderd.race_first_user(2)
+    results = []
+    threads = [threading.Thread(target=lambda: results.append(run_job("bootstrap-admin", env=admin_env))) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+    assert [r.rc for r in results] == [0, 0], [r.output for r in results]
+    assert len(real_users(coderd)) == 1
+    assert sorted(r.status for r in coderd.requests("POST", "/users/first$")) == [201, 500]
+    [lost] = [e for r in results for e in r.find("another run created the first user first")]
+    assert "idx_users_email" in lost["answer"]
+
+
+def test_a_weak_password_for_a_new_first_user_is_exit_2_before_anything_is_written(coderd, admin_env):
     result = run_job("bootstrap-admin", env={**admin_env, "CODER_ADMIN_PASSWORD": "password123"})
 
     assert result.rc == 2
     [error] = result.errors()
     assert "CODER_ADMIN_PASSWORD" in error["event"] and "not strong enough" in error["event"]
     assert "password123" not in result.output
-    assert coderd.log == []
+    assert coderd.writes() == []  # not even a login: only buildinfo and GET /users/first were read
 
 
-def test_invalid_username_is_rejected_naming_the_field(coderd, admin_env):
+def test_invalid_username_for_a_new_first_user_is_exit_2_naming_the_field(coderd, admin_env):
     result = run_job("bootstrap-admin", env={**admin_env, "CODER_ADMIN_USERNAME": "platform_admin"})
 
     assert result.rc == 2
     assert "CODER_ADMIN_USERNAME" in result.errors()[0]["event"]
-    assert coderd.log == []
+    assert coderd.writes() == []
+
+
+def test_dry_run_refuses_a_first_user_coderd_would_refuse(coderd, admin_env):
+    result = run_job("--dry-run", "bootstrap-admin", env={**admin_env, "CODER_ADMIN_EMAIL": "admin@localhost"})
+
+    assert result.rc == 2
+    assert "CODER_ADMIN_EMAIL" in result.errors()[0]["event"]
+    assert coderd.writes() == []
+
+
+@pytest.mark.parametrize("password, email", [
+    ("cjtrmqvbvczw", "platform-admin@ameide.io"),  # coderd accepts it (a real `coder reset-password` did)
+    ("short", "platform-admin@ameide.io"),  # set before coderd had rules: only coderd may judge a login
+    ("Legacy-Passw0rd-42", "ü@ex.com"),
+    ("Legacy-Passw0rd-42", '"quoted"@ex.com'),
+])
+def test_an_existing_admin_is_verified_by_coderd_and_never_refused_locally(coderd, admin_env, password, email):
+    coderd.create_user("platform-admin", email, password)
+
+    result = run_job("bootstrap-admin", env={**admin_env, "CODER_ADMIN_PASSWORD": password, "CODER_ADMIN_EMAIL": email})
+
+    assert result.rc == 0, result.output
+    assert result.find("configured credentials log in")
 
 
 def test_every_missing_variable_is_named_at_once(coderd):

@@ -162,3 +162,61 @@ def test_date_header_is_recorded_as_server_time():
     client, _ = client_for(handler)
     client.me()
     assert client.server_date.isoformat() == "2026-12-01T10:00:00+00:00"
+
+
+# -- sessions: a login this client made is revoked on close, an operator's token never -------------
+def session_handler(calls: list[tuple[str, str | None]], logout_status: int = 200):
+    def handler(request):
+        calls.append((request.url.path, request.headers.get("Coder-Session-Token")))
+        if request.url.path == "/api/v2/users/login":
+            return httpx.Response(201, json={"session_token": f"login{len(calls):05d}-0123456789abcdefghijkl"})
+        if request.url.path == "/api/v2/users/logout":
+            return httpx.Response(logout_status, json={"message": "Logged out!" if logout_status == 200 else "nope"})
+        return httpx.Response(200, json={"id": "u", "username": "admin"})
+    return handler
+
+
+def test_a_password_login_is_logged_out_with_its_own_token_when_the_client_closes():
+    calls = []
+    client, _ = client_for(session_handler(calls), token=None, email="a@b.io", password="x" * 20)
+    with client:
+        client.me()
+    [login, me, logout] = calls
+    assert login[0] == "/api/v2/users/login" and logout[0] == "/api/v2/users/logout"
+    assert me[1] == logout[1] and logout[1].startswith("login")
+
+
+def test_the_session_is_logged_out_when_the_run_fails_too():
+    calls = []
+    client, _ = client_for(session_handler(calls), token=None, email="a@b.io", password="x" * 20)
+    with pytest.raises(RuntimeError), client:
+        client.me()
+        raise RuntimeError("the job failed")
+    assert calls[-1][0] == "/api/v2/users/logout"
+
+
+def test_a_session_token_from_the_operator_is_never_logged_out():
+    calls = []
+    client, _ = client_for(session_handler(calls), email="a@b.io", password="x" * 20)
+    with client:
+        client.me()
+    assert [path for path, _ in calls] == ["/api/v2/users/me"]
+
+
+def test_a_second_login_made_elsewhere_is_revoked_at_once_and_the_first_kept():
+    calls = []
+    client, _ = client_for(session_handler(calls), token=None, email="a@b.io", password="x" * 20)
+    client.me()  # logs in: session A
+    client.adopt_login(client.password_login("a@b.io", "x" * 20))  # session B, e.g. bootstrap's check
+    client.close()
+    logouts = [token for path, token in calls if path == "/api/v2/users/logout"]
+    sessions = [token for path, token in calls if path == "/api/v2/users/me"]
+    assert len(logouts) == 2 and set(logouts) == {sessions[0], logouts[0]} and logouts[0] != sessions[0]
+
+
+def test_a_failed_logout_never_masks_the_runs_outcome():
+    calls = []
+    client, _ = client_for(session_handler(calls, logout_status=500), token=None, email="a@b.io", password="x" * 20)
+    with client:
+        client.me()
+    assert calls[-1][0] == "/api/v2/users/logout"

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fakes.coderd import FakeCoderd
-from fakes.coderd_password import entropy, validate
+from jobs.validation import coderd_password_error as validate, password_entropy as entropy
 
 STRONG = "MyP4ssw0rd!"
 
@@ -63,7 +63,7 @@ def test_date_header_follows_clock_offset(fake):
     assert abs((served - datetime.now(timezone.utc)).total_seconds() - 3 * 86400) < 5
 
 
-# -- password entropy ----------------------------------------------------------------
+# -- password entropy (jobs/validation.py, shared with the jobs; every vector: test_validation.py) --
 @pytest.mark.parametrize(
     "password,ok",
     [("password123", False), ("Coder123!", False), (STRONG, True), ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", False),
@@ -796,3 +796,55 @@ def test_faults_apply_to_every_route(fake, admin):
     r = admin.get("/workspaces")
     assert r.status_code == 429 and r.headers["X-Coder-Build-Version"]
     assert admin.get("/workspaces").status_code == 200
+
+
+# -- what a real coderd showed (BEHAVIOR.md §11) ----------------------------------------------
+AUTH_TF = GOOD_TF + 'data "coder_external_auth" "gh" {\n  id = "github"\n}\n'
+
+
+def test_external_auth_lists_the_configured_providers(fake, admin):
+    assert admin.get("/external-auth").json() == {"providers": [], "links": []}  # none unless configured
+    fake.external_auth_providers = ["github"]
+    [provider] = admin.get("/external-auth").json()["providers"]
+    assert provider["id"] == "github"
+
+
+def test_an_import_naming_a_provider_coderd_lacks_fails_on_completion_after_a_good_plan(fake, admin):
+    failed = built_version(admin, AUTH_TF)
+    assert failed["job"]["status"] == "failed"
+    assert failed["job"]["error"] == 'external auth provider "github" is not configured'
+    logs = admin.get(f"/templateversions/{failed['id']}/logs").json()
+    assert not [lg for lg in logs if lg["log_level"] == "error"]  # terraform planned fine
+    in_module = new_version(admin, {"main.tf": GOOD_TF, "mod/x.tf": 'data "coder_external_auth" "a" {\n  id = "gitlab"\n}\n'},
+                            dirs=("mod",)).json()
+    assert "gitlab" in wait_job(admin, in_module["id"])["job"]["error"]  # the plan covers modules too
+    fake.external_auth_providers = ["github"]
+    assert built_version(admin, AUTH_TF)["job"]["status"] == "succeeded"
+
+
+def test_an_orphan_version_has_the_nil_uuid_as_template_id(fake, admin):
+    v = new_version(admin, {"main.tf": GOOD_TF}).json()
+    assert v["template_id"] == "00000000-0000-0000-0000-000000000000"
+    assert admin.get(f"/templateversions/{v['id']}").json()["template_id"] == v["template_id"]
+
+
+def test_build_time_stats_keys_are_capitalised(fake, admin):
+    v = built_version(admin)
+    t = admin.post("/organizations/default/templates", json={"name": "stats", "template_version_id": v["id"]}).json()
+    assert t["build_time_stats"]["start"] == {"P50": None, "P95": None}
+
+
+def test_logout_deletes_the_key_it_was_called_with_and_only_that(fake):
+    fake.create_user("admin", "admin@example.com", STRONG)
+    tokens = []
+    for _ in range(2):
+        with client(fake) as c:  # a fresh client each time: a login cookie would trip the CSRF check
+            tokens.append(c.post("/users/login", json={"email": "admin@example.com", "password": STRONG}).json()["session_token"])
+    assert fake.api_key_count() == 2 == fake.api_key_count("password")
+    with client(fake, tokens[0]) as c:
+        r = c.post("/users/logout")
+        assert r.status_code == 200 and r.json() == {"message": "Logged out!"}
+        assert c.get("/users/me").status_code == 401
+    assert fake.api_key_count() == 1
+    with client(fake, tokens[1]) as c:
+        assert c.get("/users/me").status_code == 200

@@ -17,12 +17,14 @@ pytestmark = pytest.mark.skipif(not swagger.available(), reason=swagger.SKIP_REA
 
 ROUTES_THE_JOBS_USE = {
     ("GET", "/buildinfo"), ("GET", "/users/first"), ("POST", "/users/first"), ("POST", "/users/login"),
-    ("POST", "/files"), ("POST", "/organizations/{organization}/templateversions"),
+    ("POST", "/users/logout"), ("POST", "/files"), ("POST", "/organizations/{organization}/templateversions"),
     ("GET", "/templateversions/{templateversion}"), ("GET", "/templateversions/{templateversion}/logs"),
     ("POST", "/organizations/{organization}/templates"),
     ("GET", "/organizations/{organization}/templates/{templatename}"),
     ("PATCH", "/templates/{template}/versions"), ("PATCH", "/templates/{template}"),
     ("GET", "/workspaces"), ("POST", "/workspaces/{workspace}/builds"),
+    ("GET", "/external-auth"), ("GET", "/organizations/{organization}"),
+    ("GET", "/templateversions/{templateversion}/variables"),
 }
 
 
@@ -38,6 +40,7 @@ def test_a_whole_lifecycle_conforms_to_coders_swagger(coderd, templates_env, tem
     broken = templates / "ameide-gitops" / "main.tf"
     broken.write_text(broken.read_text() + '\noutput "x" {\n  value = var.nope\n}\n')
     assert run_job("republish-templates", env=env).rc == 1  # failed build: logs are read
+    assert run_job("doctor", env=env).rc == 1  # the active versions' variables are read
     assert run_job("bootstrap-admin", env={**env, "CODER_ADMIN_PASSWORD": "Wrong-Passw0rd-but-strong!"}).rc == 1
     if hasattr(coderd, "seed_workspaces"):
         now = datetime.fromtimestamp(coderd.now(), timezone.utc)

@@ -251,7 +251,7 @@ def live_fakes(tmp_path_factory, kube_cluster):
     accumulates: fine)."""
     from fakes.coderd import FakeCoderd
 
-    coderd = FakeCoderd().start()
+    coderd = FakeCoderd(external_auth_providers=("github",)).start()
     kube_cluster.reset()
     kubeconfig = kube_cluster.kubeconfig(tmp_path_factory.mktemp("kube") / "config", namespace="coder")
     yield coderd, kubeconfig

@@ -113,21 +113,135 @@ def test_a_template_that_fails_to_build_exits_1_with_the_error_and_keeps_the_act
 
     assert result.rc == 1
     message = result.errors()[0]["event"]
-    assert "ameide-dev" in message and "failed to build" in message and "does_not_exist" in message
-    assert "Last log lines" in message
+    assert "ameide-dev" in message and "failed to build" in message and "Reference to undeclared input variable" in message
+    error_lines = message.split("Error log lines:")[1]
+    assert "does_not_exist" in error_lines  # the line terraform put the cause on, wherever it was in the log
     after = state(coderd)
     assert after["ameide-dev"]["active"]["id"] == before["ameide-dev"]["active"]["id"]
 
 
-def test_a_tf_syntax_error_exits_1_with_coderds_parse_error(coderd, env, templates):
-    before = converged(coderd, env)
+def test_a_tf_syntax_error_is_exit_2_naming_the_file_before_any_request(coderd, env, templates):
     (templates / "ameide-gitops" / "main.tf").write_text('resource "x" "y" {\n  unclosed = "\n')
 
     result = run_job("republish-templates", env=env)
 
+    assert result.rc == 2
+    message = result.errors()[0]["event"]
+    assert "ameide-gitops" in message and "main.tf" in message
+    assert coderd.log == []
+
+
+# -- external auth: coderd fails the import of a template naming a provider it lacks ------------
+@pytest.mark.external_auth()  # a coderd started without CODER_EXTERNAL_AUTH_0_* (sync-external-auth never ran)
+def test_without_the_github_provider_nothing_is_uploaded_and_the_message_says_what_to_do(coderd, env):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+
+    result = run_job("republish-templates", env=env)
+
     assert result.rc == 1
-    assert "could not parse the template" in result.errors()[0]["event"]
-    assert state(coderd)["ameide-gitops"]["active"]["id"] == before["ameide-gitops"]["active"]["id"]
+    assert coderd.requests("POST", "/files$") == [] and coder_writes(coderd) == []
+    per_template = [e["event"] for e in result.errors() if e.get("template")]
+    assert [e["template"] for e in result.errors() if e.get("template")] == list(TEMPLATES)  # both tried
+    for message in per_template:
+        for part in ('"github"', "coder-external-auth-github", "sync-external-auth", "restart coderd", "RUNBOOK.md"):
+            assert part in message, (part, message)
+    assert "2 of 2 templates did not converge" in result.errors()[-1]["event"]
+    assert coderd.api_key_count() == 0
+
+
+@pytest.mark.external_auth()
+def test_once_the_provider_is_configured_both_templates_converge(coderd, env):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+    assert run_job("republish-templates", env=env).rc == 1
+    coderd.external_auth_providers = ["github"]  # sync-external-auth ran, coderd restarted
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 0, result.output
+    assert sorted(state(coderd)) == list(TEMPLATES)
+    assert len(coderd.versions) == 2
+
+
+def test_one_broken_template_does_not_stop_the_other_and_the_exit_is_1(coderd, env, templates):
+    broken = templates / "ameide-dev" / "main.tf"
+    broken.write_text(broken.read_text() + '\noutput "oops" {\n  value = var.does_not_exist\n}\n')
+
+    result = run_job("recover", env=env)
+
+    assert result.rc == 1
+    now = state(coderd)
+    assert sorted(now) == ["ameide-gitops"]
+    assert job_status(coderd, now["ameide-gitops"]["active"]) == "succeeded"
+    assert "ameide-dev" in result.errors()[0]["event"] and result.errors()[0]["template"] == "ameide-dev"
+    assert "1 of 2 templates did not converge: ameide-dev" in result.errors()[-1]["event"]
+
+
+def test_each_rerun_after_a_failed_import_adds_at_most_one_version_per_template(coderd, env, templates):
+    converged(coderd, env)
+    broken = templates / "ameide-dev" / "main.tf"
+    broken.write_text(broken.read_text() + '\noutput "oops" {\n  value = var.does_not_exist\n}\n')
+    counts = []
+    for _ in range(3):
+        assert run_job("republish-templates", env=env).rc == 1
+        counts.append({name: len(t["versions"]) for name, t in state(coderd).items()})
+
+    assert counts == [{"ameide-dev": 2, "ameide-gitops": 1}, {"ameide-dev": 3, "ameide-gitops": 1},
+                      {"ameide-dev": 4, "ameide-gitops": 1}]
+    assert len(coderd.versions) == 4 + 1  # no orphans either
+
+
+# -- full variable state ---------------------------------------------------------------------
+def active_values(fake, name: str) -> dict[str, str]:
+    return {v["name"]: v["value"] for v in state(fake)[name]["active"]["variables"]}
+
+
+def test_deleting_a_variables_line_resets_it_to_its_default_and_doctor_sees_the_drift_first(coderd, env, templates):
+    settings = templates / "ameide-dev" / "coder-template.yaml"
+    original = settings.read_text()
+    settings.write_text(original.replace("environment: dev", "environment: staging"))
+    converged(coderd, env)
+    assert active_values(coderd, "ameide-dev")["environment"] == "staging"
+    settings.write_text(original.replace("  environment: dev\n", ""))  # the line deleted: the default is dev
+
+    doctor = run_job("doctor", env=env)
+    assert doctor.rc == 1
+    [drift] = doctor.find("drift template/ameide-dev")
+    assert drift["variables"] == ["environment"]
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 0, result.output
+    assert active_values(coderd, "ameide-dev")["environment"] == "dev"
+    sent = coderd.requests("POST", "/templateversions$")[-1].json()["user_variable_values"]
+    assert {v["name"] for v in sent} == set(active_values(coderd, "ameide-dev"))  # every declared variable
+    assert run_job("doctor", env=env).rc == 0
+
+
+def test_doctor_reports_a_variable_value_changed_on_coderd_by_hand(coderd, env):
+    converged(coderd, env)
+    with coderd.lock:  # as if someone pushed the same files by hand with --variable environment=staging
+        for var in state(coderd)["ameide-gitops"]["active"]["variables"]:
+            if var["name"] == "environment":
+                var["value"] = "staging"
+
+    result = run_job("doctor", env=env)
+
+    assert result.rc == 1
+    [drift] = result.find("drift template/ameide-gitops")
+    assert drift["variables"] == ["environment"]
+
+
+# -- organization ---------------------------------------------------------------------------
+def test_an_unknown_organization_is_exit_2_naming_the_variable_before_any_write(coderd, env):
+    coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
+
+    result = run_job("republish-templates", env={**env, "CODER_ORGANIZATION": "no-such-org"})
+
+    assert result.rc == 2
+    [error] = result.errors()
+    assert "CODER_ORGANIZATION" in error["event"] and "no-such-org" in error["event"]
+    assert coder_writes(coderd) == []
+    assert coderd.api_key_count() == 0  # it had logged in, and logged out again
 
 
 def test_database_reset_is_healed_by_recover(coderd, env):
@@ -148,6 +262,10 @@ def test_a_template_pushed_by_hand_with_identical_content_is_adopted(coderd, env
 
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        for folder in ("modules", "modules/workspace"):  # the CLI writes directory entries too
+            info = tarfile.TarInfo(folder)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, 0o775, 1_750_000_000
+            tar.addfile(info)
         for path, data in sorted(collect_files(templates / "ameide-dev").items()):
             info = tarfile.TarInfo(path)
             info.size, info.mtime, info.uid, info.mode = len(data), 1_750_000_000, 1000, 0o664
@@ -172,7 +290,7 @@ def test_a_template_pushed_by_hand_with_identical_content_is_adopted(coderd, env
 
     assert result.rc == 0, result.output
     [action] = [a for e in result.find("plan") for a in e["actions"]]
-    assert action["action"] == "nothing" and "adopted" in action["reason"]
+    assert action["action"] == "nothing" and "adopted" in action["reason"], action
     assert coder_writes(coderd) == []
 
 

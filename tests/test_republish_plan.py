@@ -10,8 +10,8 @@ import pytest
 
 from jobs.archive import build_tar, collect_files, files_from_tar, fingerprint
 from jobs.errors import ConfigError
-from jobs.models import Template
-from jobs.republish import RemoteTemplate, plan
+from jobs.models import ProvisionerJobLog, Template, TemplateVersion
+from jobs.republish import RemoteTemplate, external_auth_message, failed_build_message, missing_providers, plan
 from jobs.template_source import load_templates
 
 
@@ -103,11 +103,85 @@ def test_changed_content_publishes_a_version(tmp_path):
     assert action.kind == "publish-version"
 
 
+VARS_TF = ('variable "namespace" {\n  default = "coder-workspaces"\n}\n'
+           'variable "environment" {\n  type = string\n  default = "dev"\n}\n'
+           'variable "replicas" {\n  default = 2\n}\n')
+
+
 def test_changed_variables_publish_a_version(tmp_path):
-    make_template(tmp_path, settings="variables:\n  namespace: other\n")
+    make_template(tmp_path, files={"main.tf": VARS_TF}, settings="variables:\n  namespace: other\n")
     [local] = load_templates(tmp_path, None)
     [action] = plan(local, RemoteTemplate(template_model(), local.fingerprint, "sha256:" + "1" * 64))
     assert action.kind == "publish-version" and "variable" in action.reason
+
+
+def test_every_declared_variable_is_sent_with_the_files_value_else_its_default(tmp_path):
+    make_template(tmp_path, files={"main.tf": VARS_TF}, settings="variables:\n  environment: staging\n")
+    [local] = load_templates(tmp_path, None)
+    assert local.variable_values() == [{"name": "environment", "value": "staging"},
+                                       {"name": "namespace", "value": "coder-workspaces"},
+                                       {"name": "replicas", "value": "2"}]
+
+
+def test_deleting_a_line_changes_the_fingerprint_back_to_the_defaults(tmp_path):
+    make_template(tmp_path, files={"main.tf": VARS_TF}, settings="variables:\n  environment: staging\n")
+    [staging] = load_templates(tmp_path, None)
+    (tmp_path / "demo" / "coder-template.yaml").write_text("variables: {}\n")
+    [restored] = load_templates(tmp_path, None)
+    assert staging.variables_fingerprint() != restored.variables_fingerprint()
+    assert {"name": "environment", "value": "dev"} in restored.variable_values()
+    # ...and a changed default counts too: the fingerprint covers the full effective set
+    (tmp_path / "demo" / "main.tf").write_text(VARS_TF.replace('"dev"', '"test"'))
+    [changed_default] = load_templates(tmp_path, None)
+    assert changed_default.variables_fingerprint() != restored.variables_fingerprint()
+
+
+def test_variable_values_on_coderd_that_differ_from_the_folder_publish_a_version(tmp_path):
+    make_template(tmp_path, files={"main.tf": VARS_TF})
+    [local] = load_templates(tmp_path, None)
+    values = {"namespace": "coder-workspaces", "environment": "staging", "replicas": "2"}
+    [action] = plan(local, RemoteTemplate(template_model(), local.fingerprint, None, values))
+    assert action.kind == "publish-version" and action.details["variables"] == ["environment"]
+    same = {**values, "environment": "dev"}
+    assert [a.kind for a in plan(local, RemoteTemplate(template_model(), local.fingerprint, None, same))] == ["nothing"]
+    redacted = {**same, "environment": None}  # a sensitive value coderd will not show cannot be told apart
+    assert [a.kind for a in plan(local, RemoteTemplate(template_model(), local.fingerprint, None, redacted))] == ["nothing"]
+
+
+@pytest.mark.parametrize("settings, problem", [
+    ("variables:\n  enviroment: staging\n", "variables.enviroment: the template declares no such variable"),
+    ("variables: {}\n", "variables.token: required"),
+])
+def test_variables_the_template_does_not_declare_or_requires_are_a_config_error(tmp_path, settings, problem):
+    make_template(tmp_path, files={"main.tf": VARS_TF + 'variable "token" {\n  sensitive = true\n}\n'}, settings=settings)
+    with pytest.raises(ConfigError, match=problem):
+        load_templates(tmp_path, None)
+
+
+def test_the_external_auth_providers_a_template_uses_are_read_from_every_module(tmp_path):
+    make_template(tmp_path, files={"main.tf": "terraform {}\n", "modules/ws/main.tf":
+                                   'data "coder_external_auth" "gh" {\n  id = "github"\n}\n'})
+    [local] = load_templates(tmp_path, None)
+    assert local.external_auth == ("github",)
+    assert missing_providers(local, []) == ["github"] and missing_providers(local, ["github"]) == []
+
+
+def test_the_external_auth_message_names_the_provider_the_secret_the_job_and_the_runbook():
+    text = external_auth_message("ameide-dev", ["github"], [], written="nothing was uploaded")
+    for part in ('"github"', "coder-external-auth-github", "sync-external-auth", "restart coderd", "RUNBOOK.md",
+                 "nothing was uploaded", "configured: none"):
+        assert part in text
+
+
+def test_a_failed_build_is_reported_with_every_error_line_not_only_the_tail():
+    version = TemplateVersion.model_validate({"id": "v", "name": "cj-1", "job": {
+        "id": "j", "status": "failed", "error": "terraform plan: Reference to undeclared input variable"}})
+    logs = [ProvisionerJobLog(id=1, stage="Planning", output="Error: Reference to undeclared input variable",
+                              log_level="error")]
+    logs += [ProvisionerJobLog(id=i, stage="Cleaning Up", output=f"line {i}", log_level="info") for i in range(2, 40)]
+    text = failed_build_message("ameide-dev", version, logs)
+    assert "Reference to undeclared input variable" in text.split("Error log lines:")[1]
+    assert "line 39" not in text
 
 
 def test_changed_settings_update_only_settings(tmp_path):

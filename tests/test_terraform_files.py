@@ -1,0 +1,104 @@
+"""The republisher's reading of a template's Terraform: declared variables and external auth ids."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from jobs.archive import collect_files
+from jobs.terraform_files import HCLError, Variable, inspect
+from tests.conftest import TEMPLATES_DIR
+
+
+def facts(files: dict[str, str]):
+    return inspect({path: text.encode() for path, text in files.items()})
+
+
+def test_the_charts_templates_declare_their_variables_and_use_github():
+    for name in ("ameide-dev", "ameide-gitops"):
+        found = inspect(collect_files(TEMPLATES_DIR / name))
+        assert found.external_auth == ("github",)
+        declared = {v.name: v.default for v in found.variables}
+        assert declared["environment"] == "dev" and declared["use_kubeconfig"] == "false"
+        assert declared["fallback_image"] == ""
+        assert "template_name" not in declared  # a module's variable is not the template's
+
+
+def test_defaults_are_rendered_as_coderd_reports_them():
+    tf = '''
+# a comment with { braces } and "quotes"
+variable "s" { default = "a \\"quoted\\" $${not} %%{interp}" }
+variable "n" {
+  type    = number
+  default = -2.5
+}
+variable "b" { default = true }
+variable "list" {
+  default = ["x", "y",
+    "z", ]
+}
+variable "map" {
+  default = {
+    b = 1
+    "a": [true, null]
+  }
+}
+variable "text" {
+  default = <<-EOT
+    one
+      two
+  EOT
+}
+variable "required" {
+  type = string
+  validation {
+    condition     = length(var.required) > 0 && var.required != "}"
+    error_message = "must not be empty: ${var.required}"
+  }
+}
+variable "secret" {
+  sensitive = true
+  default   = null
+}
+'''
+    found = {v.name: v for v in facts({"main.tf": tf}).variables}
+    assert {name: v.default for name, v in found.items()} == {
+        "s": 'a "quoted" ${not} %{interp}', "n": "-2.5", "b": "true", "list": '["x","y","z"]',
+        "map": '{"a":[true,null],"b":1}', "text": "one\n  two\n", "required": None, "secret": ""}
+    assert found["secret"].sensitive and not found["s"].sensitive
+
+
+def test_external_auth_ids_come_from_every_file_json_too_and_labels_do_not_count():
+    found = facts({
+        "main.tf": 'module "ws" {\n  source = "./modules/ws"\n}\n',
+        "modules/ws/main.tf": 'data "coder_external_auth" "gh" {\n  id = "github"\n}\n'
+                              'data "coder_external_auth" "dyn" {\n  id = var.provider\n}\n',
+        "modules/other/x.tf.json": '{"data": {"coder_external_auth": {"gl": {"id": "gitlab"}}}}',
+    })
+    assert found.external_auth == ("gitlab", "github") and found.unknown_external_auth == 1
+
+
+def test_variables_in_tf_json_at_the_top_level():
+    found = facts({"main.tf": "terraform {}\n", "vars.tf.json": '{"variable": {"a": {"default": [1, "x"]}, "b": {}}}'})
+    assert found.variables == (Variable("a", '[1,"x"]'), Variable("b", None))
+
+
+@pytest.mark.parametrize("text, problem", [
+    ('variable "x" {\n  default = "unterminated\n}\n', "unterminated string"),
+    ('variable "x" {\n  default = 1\n', "unclosed block"),
+    ('variable "x" {\n  default = local.y\n}\n', "not a literal"),
+    ("}\n", "expected an argument or a block"),
+])
+def test_what_it_cannot_read_is_an_error_naming_file_and_line(text, problem):
+    with pytest.raises(HCLError, match=problem) as err:
+        facts({"main.tf": text})
+    assert str(err.value).startswith("main.tf:")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('variable data "{}[]()=,#/*<-EOT\n x1.$%\\:uUf0')), max_size=80))
+def test_any_text_is_read_or_refused_with_an_hclerror_never_a_crash(text):
+    try:
+        facts({"main.tf": text})
+    except HCLError:
+        pass
