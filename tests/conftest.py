@@ -162,9 +162,21 @@ def pytest_configure(config):
 
 def pytest_terminal_summary(terminalreporter):
     report = Path(os.environ.get("CODER_JOBS_KUBE_REPORT", "/nonexistent"))
-    lines = sorted(p.read_text().strip() for p in report.glob("*.txt")) if report.is_dir() else []
+    lines = sorted({p.read_text().strip() for p in report.glob("*.txt")}) if report.is_dir() else []
     for line in lines:
         terminalreporter.write_line(line)
+
+
+def pytest_collection_finish(session):
+    """Build the real API server (cold: minutes) before the first test that needs it, so the
+    build is not charged to that test's timeout. Nothing is built for a run that needs no server."""
+    if any("kube_apiserver" in getattr(item, "fixturenames", ()) for item in session.items):
+        from tests.kube import server
+
+        built = server.build()
+        if built.built:
+            report = Path(os.environ.get("CODER_JOBS_KUBE_REPORT", tempfile.gettempdir()))
+            (report / "build.txt").write_text(f"kube-apiserver build (cold or changed): {built.describe()}\n")
 
 
 @pytest.fixture(scope="session")
