@@ -84,6 +84,7 @@ def coder_writes(fake: FakeCoderd) -> list:
 def pytest_configure(config):
     config.addinivalue_line("markers", "external_auth(*ids): the external auth providers the `coderd` fixture has "
                                        "configured (default: github, as sync-external-auth sets up)")
+    _kube_report_dir(config)
 
 
 @pytest.fixture
@@ -153,7 +154,7 @@ def coderd_conformance(request):
 # ---------------------------------------------------------------- the real Kubernetes API server
 
 
-def pytest_configure(config):
+def _kube_report_dir(config):
     # xdist workers inherit the environment: each writes what its server took to start here,
     # and the controller prints it at the end (a worker's own output is not shown).
     if not hasattr(config, "workerinput"):

@@ -6,6 +6,7 @@ import io
 import tarfile
 
 import pytest
+import yaml
 
 from fakes.coderd import FakeCoderd
 from tests.conftest import CANARY_PASSWORD, assert_no_secret, coder_writes, run_job
@@ -277,7 +278,9 @@ def test_a_template_pushed_by_hand_with_identical_content_is_adopted(coderd, env
         file_id = http.post("/api/v2/files", content=buf.getvalue(), headers={"Content-Type": "application/x-tar"}).json()["hash"]
         version = http.post("/api/v2/organizations/default/templateversions", json={
             "storage_method": "file", "provisioner": "terraform", "file_id": file_id, "message": "Uploaded from the CLI",
-            "user_variable_values": [{"name": "namespace", "value": "coder-workspaces"}]}).json()
+            # the values an operator's `coder templates push --variable ...` would give: the folder's own
+            "user_variable_values": [{"name": k, "value": str(v)} for k, v in sorted(yaml.safe_load(
+                (templates / "ameide-dev" / "coder-template.yaml").read_text())["variables"].items())]}).json()
         coderd.wait_idle()
         settings = {"display_name": "Ameide Dev", "default_ttl_ms": 7200000, "activity_bump_ms": 3600000,
                     "description": "Ameide monorepo workspace built by envbuilder from .devcontainer/coder, with code-server and Codex.",
