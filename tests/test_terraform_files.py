@@ -20,7 +20,7 @@ def test_the_charts_templates_declare_their_variables_and_use_github():
         assert found.external_auth == ("github",)
         declared = {v.name: v.default for v in found.variables}
         assert declared["environment"] == "dev" and declared["use_kubeconfig"] == "false"
-        assert declared["fallback_image"] == ""
+        assert "@sha256:" in declared["fallback_image"]  # pinned by digest (issue 12)
         assert "template_name" not in declared  # a module's variable is not the template's
 
 
