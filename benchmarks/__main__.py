@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -241,7 +241,7 @@ def reap_once(n: int) -> tuple[float, float, int, dict, float]:
     """Seed n workspaces, run one real reap pass: (wall s, peak RSS KiB, list requests, summary, seeding s)."""
     with FakeCoderd() as fake:
         fake.create_user("admin", password="Bench-Passw0rd-7x!")
-        now = datetime.fromtimestamp(fake.now(), tz=timezone.utc)
+        now = datetime.fromtimestamp(fake.now(), tz=UTC)
         specs = reap_scale.specs_for(n, now, random.Random(n))
         for owner in sorted({s["owner"] for s in specs}):
             fake.create_user(owner, roles=())

@@ -16,7 +16,7 @@ import random
 import subprocess
 import sys
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
@@ -87,7 +87,7 @@ def main(argv: list[str]) -> None:
         fake = FakeCoderd().start()
         try:
             fake.create_user("admin", password="Bench-Passw0rd!")
-            now = datetime.fromtimestamp(fake.now(), tz=timezone.utc)
+            now = datetime.fromtimestamp(fake.now(), tz=UTC)
             specs = specs_for(n, now, random.Random(n))
             for o in sorted({s["owner"] for s in specs}):
                 fake.create_user(o, roles=())

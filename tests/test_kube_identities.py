@@ -8,6 +8,7 @@ Role must be refused by RBAC. Request counts come from the API server's own audi
 from __future__ import annotations
 
 import base64
+import uuid
 
 import pytest
 from kubernetes import client as k8s
@@ -16,8 +17,6 @@ from kubernetes.client.rest import ApiException
 
 from jobs.sync_external_auth import KEY_CLIENT_SECRET
 from tests.chart_helpers import NAMESPACE, deep_merge, env_values, render
-import uuid
-
 from tests.conftest import CANARY_CLIENT_SECRET, CANARY_PASSWORD, assert_no_secret, run_job
 
 TARGET = "coder-external-auth-github"

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import base64
 import re
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import httpx
 import yaml
@@ -89,7 +90,7 @@ class Cluster:
 
     # ------------------------------------------------------------------ state
 
-    def reset(self) -> "Cluster":
+    def reset(self) -> Cluster:
         """A fresh API state for the next test: no faults, an empty log, and the test
         namespaces present and empty (there is no namespace controller to delete them)."""
         self.proxy.clear_faults()

@@ -22,9 +22,10 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import httpx
 
@@ -173,7 +174,7 @@ class KubeAPIServer:
 
     # ------------------------------------------------------------------ lifecycle
 
-    def start(self, deadline_s: float = 120) -> "KubeAPIServer":
+    def start(self, deadline_s: float = 120) -> KubeAPIServer:
         started = time.monotonic()
         make_certificates(self.dir)
         (self.dir / "tokens.csv").write_text(f"{self.admin_token},{ADMIN_USER},{ADMIN_USER},system:masters\n"
