@@ -93,7 +93,7 @@ def coder_writes(fake: FakeCoderd) -> list:
     return [r for r in fake.writes() if r.path not in SESSION_PATHS]
 
 
-def pytest_configure(config):
+def _register_markers(config):
     config.addinivalue_line("markers", "external_auth(*ids): the external auth providers the `coderd` fixture has "
                                        "configured (default: github, as sync-external-auth sets up)")
 
@@ -166,6 +166,7 @@ def coderd_conformance(request):
 
 
 def pytest_configure(config):
+    _register_markers(config)  # one pytest_configure per module: a second definition would replace this one
     # xdist workers inherit the environment: each writes what its server took to start here,
     # and the controller prints it at the end (a worker's own output is not shown).
     if not hasattr(config, "workerinput"):

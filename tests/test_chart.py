@@ -74,7 +74,8 @@ FULL = {
     "externalSecrets": {"enabled": True, "secretStoreRef": {"name": "vault"},
                         "githubOAuth": {"enabled": True}},
     "networkPolicy": {"kubernetesApi": {"cidrs": [API_TEST_CIDR]}},
-    "reap": {"rules": [{"owner": "alice", "idleAfter": "8h"}, {"template": "ameide-gitops", "exempt": True}]},
+    "reap": {"rules": [{"id": "alice", "owner": "alice", "idleAfter": "8h"},
+                       {"id": "gitops", "template": "ameide-gitops", "exempt": True}]},
     "workspaces": {
         "enabled": True,
         "codex": {"enabled": True},
