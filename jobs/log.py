@@ -97,13 +97,13 @@ _SHORT_VALUE = 24  # values up to this long are shown first, so a width cap cuts
 
 
 def human_seconds(seconds: float) -> str:
-    """12m, 29.9h, 0.4s: how long, at the precision a person compares."""
+    """12m, 2h, 29.9h, 0.4s: how long, at the precision a person compares."""
     s = float(seconds)
     if s < 120:
         return f"{s:.1f}s" if s < 10 and s != int(s) else f"{s:.0f}s"
     if s < 7200:
         return f"{s / 60:.0f}m"
-    return f"{s / 3600:.1f}h"
+    return f"{s / 3600:.1f}".removesuffix(".0") + "h"
 
 
 def _value(key: str, value: Any, cut: bool) -> str:

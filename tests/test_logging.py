@@ -147,4 +147,4 @@ def test_the_console_is_redacted_too(streams):
 
 
 def test_human_seconds_reads_like_the_demo_banner():
-    assert [log.human_seconds(s) for s in (0.42, 45, 720, 7200, 107_640)] == ["0.4s", "45s", "12m", "2.0h", "29.9h"]
+    assert [log.human_seconds(s) for s in (0.42, 45, 720, 7200, 107_640)] == ["0.4s", "45s", "12m", "2h", "29.9h"]
