@@ -3,6 +3,7 @@ where in the RUNBOOK, --help that shows what is required, secret and defaulted."
 
 from __future__ import annotations
 
+import re
 import socket
 
 import httpx
@@ -187,3 +188,15 @@ def test_doctor_lists_only_the_settings_it_reads():
     for unused in ("--coder-admin-username", "--coder-admin-name", "--templates-revision", "--template-build-timeout"):
         assert unused not in text
     assert "--templates-dir" in text and "--coder-url" in text
+
+
+def test_every_runbook_section_a_message_points_at_exists():
+    from jobs import bootstrap_admin, errors
+    from tests.conftest import REPO
+
+    headings = (REPO / "RUNBOOK.md").read_text()
+    pointers = [errors.RUNBOOK_UNREACHABLE, errors.RUNBOOK_CREDENTIALS, bootstrap_admin.RUNBOOK_HINT]
+    for pointer in pointers:
+        number, title = re.search(r"section (\d+), '([^']+)'", pointer).groups()
+        assert f"\n## {number}. {title}\n" in headings, pointer
+
