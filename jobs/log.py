@@ -73,13 +73,14 @@ def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> 
 HEADLINE = ("checked", "changed", "deferred", "failed")
 
 
-def summary(log: Any, *, checked: int, changed: int, deferred: int = 0, failed: int = 0, dry_run: bool = False,
-            columns: Mapping[str, int] | None = None, **fields: Any) -> None:
-    """The closing event of a job: what it checked, changed (would change, in a dry run),
-    deferred to a later run, and failed. `columns` adds counts to the console table; `fields`
-    go to the JSON only."""
-    extra = dict(columns or {})
-    log.info("summary", checked=checked, changed=changed, deferred=deferred, failed=failed, **extra, dry_run=dry_run,
+def summary(log: Any, *, checked: int, changed: int, deferred: int = 0, failed: int = 0, **fields: Any) -> None:
+    """The closing event of a job: what it checked, changed (would change, with `dry_run=True`),
+    deferred to a later run, and failed. `columns={name: count}` adds counts to the console
+    table; other `fields` go to the JSON only. (Only ints are named here, so a job can pass its
+    own counter dict with `**`.)"""
+    extra = dict(fields.pop("columns", None) or {})
+    fields.setdefault("dry_run", False)
+    log.info("summary", checked=checked, changed=changed, deferred=deferred, failed=failed, **extra,
              table=[*HEADLINE, *extra], **fields)
 
 
@@ -118,6 +119,8 @@ def _value(key: str, value: Any, cut: bool) -> str:
         return "{" + ", ".join(f"{k}: {_value(str(k), v, cut)}" for k, v in value.items()) + "}"
     if isinstance(value, (int, float)) and key.endswith("_s"):
         return human_seconds(value)
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))  # a timeout of 30.0 seconds reads as 30
     text = str(value)
     iso = _ISO.match(text)
     if iso:
