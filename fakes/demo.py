@@ -1,69 +1,131 @@
 """The whole coder-jobs lifecycle on a laptop, against what the tests use: the coderd fake and
 a real kube-apiserver + etcd (built from `tests/kube/` on first use, cached in `.cache/kube/`).
 
-    ./dev demo
+    ./dev demo [--logs DIR]
 
-Each step runs the real `coder-jobs` CLI in its own process (as a Kubernetes Job would) and
-then shows what the servers saw: requests by kind, and what changed.
+Each step runs the real `coder-jobs` CLI in its own process (as a Kubernetes Job would), with
+JSON logs. Under each command the demo prints, as the console format renders them, the run's
+plan (one line per action) and its warnings; every run's whole log (JSON and console) stays in
+a folder named at the start. A closing table gives every run's exit code, its summary counts
+and what the API server saw.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
-from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 from fakes.coderd import FakeCoderd
+from jobs.log import human_seconds, render_console
 
 REPO = Path(__file__).resolve().parent.parent
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
+WIDTH = 156  # console lines are indented by 2; no line of the demo passes 160 characters
+SESSION_PATHS = ("/api/v2/users/login", "/api/v2/users/logout")  # a login proves credentials; not a change
 
 
-def banner(n: int, title: str, why: str) -> None:
-    print(f"\n{BOLD}== {n}. {title}{RESET}\n{DIM}{why}{RESET}", flush=True)
+@dataclass
+class Run:
+    step: int
+    job: str
+    exit: int
+    expected: int
+    summary: dict[str, Any]
+    requests: int = 0
+    writes: int = 0
 
 
-def run(args: list[str], env: dict[str, str]) -> int:
-    print(f"{DIM}$ coder-jobs {' '.join(args)}{RESET}", flush=True)
-    proc = subprocess.run([sys.executable, "-m", "jobs", "--log-format", "console", *args],
-                          env={**os.environ, **env}, cwd=REPO)
-    print(f"{DIM}-> exit {proc.returncode}{RESET}", flush=True)
-    return proc.returncode
+class Demo:
+    def __init__(self, logs: Path) -> None:
+        self.logs = logs
+        self.runs: list[Run] = []
+
+    def banner(self, n: int, title: str, why: str) -> None:
+        print(f"{BOLD}== {n}. {title}{RESET} {DIM}- {why}{RESET}", flush=True)
+
+    def run(self, step: int, args: list[str], env: dict[str, str], expected: int = 0, why: str = "") -> Run:
+        proc = subprocess.run([sys.executable, "-m", "jobs", "--log-format", "json", *args],
+                              env={**os.environ, **env}, cwd=REPO, capture_output=True, text=True)
+        events = _events(proc.stdout, proc.stderr)
+        name = f"{len(self.runs) + 1:02d}-{args[-1]}"
+        (self.logs / f"{name}.jsonl").write_text(proc.stdout + proc.stderr)
+        (self.logs / f"{name}.log").write_text("\n".join(render_console(events)) + "\n")
+        label = f"exit {proc.returncode}" + (f" (expected: {why})" if why and proc.returncode == expected else "")
+        if proc.returncode != expected:
+            label += f" (UNEXPECTED, wanted {expected}; log: {self.logs / name}.log)"
+        print(f"$ coder-jobs {' '.join(args)} {DIM}->{RESET} {label}", flush=True)
+        for line in render_console(_shown(events), width=WIDTH, times=False):
+            print(f"  {line}", flush=True)
+        run = Run(step, args[-1], proc.returncode, expected,
+                  next((e for e in reversed(events) if e.get("event") == "summary"), {}))
+        self.runs.append(run)
+        return run
+
+    def table(self) -> int:
+        bad = [r for r in self.runs if r.exit != r.expected]
+        verdict = "every exit code as expected" if not bad else f"{len(bad)} UNEXPECTED exit code(s)"
+        print(f"{BOLD}== Summary: {len(self.runs)} runs, {verdict}{RESET} {DIM}(full logs: {self.logs}){RESET}")
+        heads = ["step", "job", "exit", "checked", "changed", "deferred", "failed", "API requests", "API writes"]
+        rows = [[str(r.step), r.job, f"{r.exit}" + (" (expected)" if r.expected and r.exit == r.expected else ""),
+                 *(str(r.summary.get(k, "-")) for k in ("checked", "changed", "deferred", "failed")),
+                 str(r.requests), str(r.writes)] for r in self.runs]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(heads)]
+        left = {0, 1, 2}
+        for row in [heads, *rows]:
+            print("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+        return 1 if bad else 0
 
 
-def show_coderd(fake: FakeCoderd) -> None:
+def _events(*streams: str) -> list[dict[str, Any]]:
+    """The JSON events of stdout (info) and stderr (warnings, errors), in the order they were logged."""
+    events = []
+    for text in streams:
+        for line in text.splitlines():
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    pass
+    return sorted(events, key=lambda e: str(e.get("timestamp", "")))
+
+
+def _shown(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """What the demo shows of a run: the plan, the reaper's planned actions, warnings and errors.
+    The settings, the apply steps and the summary are in the log files and the closing table."""
+    return [e for e in events if e.get("event") == "plan" or e.get("level") in ("warning", "error")
+            or (e.get("action") and e.get("phase") == "plan")]
+
+
+def count_coderd(fake: FakeCoderd, run: Run) -> None:
     with fake.lock:
-        writes = Counter(f"{r.method} {r.route.split(' ', 1)[-1]}" for r in fake.log
-                         if r.is_write and r.path not in ("/api/v2/users/login", "/api/v2/users/logout"))
-        total = len(fake.log)
-        templates = {t["name"]: t for t in fake.templates.values()}
-        versions = fake.versions
-        users = [u["username"] for u in fake.users.values() if u["username"] != "prebuilds"]
+        run.requests = len(fake.log)
+        run.writes = sum(1 for r in fake.log if r.is_write and r.path not in SESSION_PATHS)
         fake.log.clear()
-    print(f"   coderd saw {total} requests; writes: {dict(writes) or 'none'}")
-    summary = {name: f"{sum(1 for v in versions.values() if v.get('template_id') == t['id'])} version(s)"
-               for name, t in sorted(templates.items())}
-    print(f"   users: {users}  templates: {summary or 'none'}")
 
 
-def seed_workspaces(fake: FakeCoderd) -> None:
+def seed_workspaces(fake: FakeCoderd) -> tuple[float, float]:
+    """40 running workspaces with distinct idle times; returns the shortest and longest, in seconds."""
     now = datetime.fromtimestamp(fake.now(), timezone.utc)
-    specs = []
+    specs, idle = [], []
     for i in range(40):
-        owner = f"dev{i % 8}"
-        idle_hours = [0.2, 1, 3, 26][i % 4] + i / 10  # distinct ages, so "oldest first" shows
-        specs.append({"owner": owner, "name": f"ws{i}", "template": "ameide-dev", "transition": "start",
-                      "job_status": "succeeded", "last_used_at": now - timedelta(hours=idle_hours),
-                      "completed_at": now - timedelta(hours=idle_hours + 1)})
+        hours = [0.2, 1, 3, 26][i % 4] + i / 10  # distinct ages, so "oldest first" shows
+        idle.append(hours * 3600)
+        specs.append({"owner": f"dev{i % 8}", "name": f"ws{i}", "template": "ameide-dev", "transition": "start",
+                      "job_status": "succeeded", "last_used_at": now - timedelta(hours=hours),
+                      "completed_at": now - timedelta(hours=hours + 1)})
     fake.seed_workspaces(specs)
+    return min(idle), max(idle)
 
 
-def external_auth_step(workdir: Path) -> int:
+def external_auth_step(demo: Demo, workdir: Path) -> None:
     """Step 0: sync-external-auth against the real Kubernetes API server (create, no-op, rotation)."""
     import base64
 
@@ -72,21 +134,11 @@ def external_auth_step(workdir: Path) -> int:
     def b64(s: str) -> str:
         return base64.b64encode(s.encode()).decode()
 
-    def show_kube(fake: Cluster) -> None:
-        audited = len(fake.audit(JOBS))
-        writes = Counter(f"{r.method} {r.path.split('/')[-2] if r.method != 'POST' else r.path.split('/')[-1]}"
-                         for r in fake.writes())
-        fake.clear_log()
-        target = fake.get_object("secret", "coder", "coder-external-auth-github")
-        checksum = ((target or {}).get("metadata", {}).get("annotations") or {}).get("coder-jobs.ameide.io/checksum", "")
-        print(f"   kube-apiserver audited {audited} requests from the job; writes: {dict(writes) or 'none'}")
-        print(f"   target keys: {sorted((target or {}).get('data') or {})}  checksum: {checksum[:19] or '-'}  "
-              f"coderd rollouts: {len(fake.rollouts('coder', 'coder'))}  events: "
-              f"{[e['reason'] for e in fake.objects('event', 'coder')]}")
+    def count(kube: Cluster, run: Run) -> None:
+        run.requests, run.writes = len(kube.audit(JOBS)), len(kube.writes())
+        kube.clear_log()
 
-    failures = 0
     with running_cluster() as kube:
-        print(f"   kube-apiserver {kube.version} (real) on {kube.server.url}, jobs through {kube.url}")
         labels = {"app.kubernetes.io/name": "coder"}
         kube.put("deployment", "coder", {"metadata": {"name": "coder", "labels": labels}, "spec": {
             "replicas": 1, "selector": {"matchLabels": labels},
@@ -94,27 +146,28 @@ def external_auth_step(workdir: Path) -> int:
         kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-id"}, "data": {"value": b64("Iv1.demo0123456789\n")}})
         kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-secret"},
                                      "data": {"value": b64("demo-client-secret-4f1c9a7e2b\n")}})
+        kube.clear_log()
         env = {"KUBECONFIG": kube.kubeconfig(workdir / "kubeconfig", namespace="coder"), "POD_NAMESPACE": "coder",
                "CODER_DEPLOYMENT": "coder"}
-        banner(0, "PreSync: sync-external-auth", "Two source Secrets -> coder-external-auth-github; then a re-run "
-               "(3 reads, no write), then a rotated client secret (update + one coderd rollout).")
-        failures += run(["sync-external-auth"], env) != 0
-        show_kube(kube)
-        failures += run(["sync-external-auth"], env) != 0
-        show_kube(kube)
+        demo.banner(0, f"PreSync: sync-external-auth (real kube-apiserver {kube.version})",
+                    "create coderd's Secret, re-run (no write), rotate the client secret (update, one rollout)")
+        count(kube, demo.run(0, ["sync-external-auth"], env))
+        count(kube, demo.run(0, ["sync-external-auth"], env))
         kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-secret"},
                                      "data": {"value": b64("demo-client-secret-rotated-9d3e\n")}})
-        failures += run(["sync-external-auth"], env) != 0
-        show_kube(kube)
-    return failures
+        kube.clear_log()
+        count(kube, demo.run(0, ["sync-external-auth"], env))
 
 
-def main() -> int:
+def main(argv: list[str]) -> int:
     password = "Demo-Admin-Passw0rd!-7Qx"
     workdir = Path(tempfile.mkdtemp(prefix="coder-jobs-demo-"))
+    # `--logs DIR` keeps every run's log there; by default a new temporary folder, named in the table.
+    logs = Path(argv[argv.index("--logs") + 1]) if "--logs" in argv else Path(tempfile.mkdtemp(prefix="coder-jobs-demo-logs-"))
+    logs.mkdir(parents=True, exist_ok=True)
     templates = workdir / "coder-templates"
     shutil.copytree(REPO / "chart" / "files" / "coder-templates", templates)
-    failures = 0
+    demo = Demo(logs)
     # GitHub external auth configured, as the PreSync hook's Secret gives coderd.
     with FakeCoderd(external_auth_providers=("github",)) as coderd:
         env = {
@@ -126,42 +179,38 @@ def main() -> int:
             "TEMPLATES_REVISION": "demo-1",
             "CODER_READY_TIMEOUT": "30",
         }
-        print(f"{BOLD}coder-jobs demo{RESET}: coderd fake at {coderd.url}; templates copied to {templates}")
+        print(f"{BOLD}coder-jobs demo{RESET}: the real CLI against a coderd fake at {coderd.url}; under each command "
+              "its plan and warnings")
 
         if _has("jobs.sync_external_auth"):
-            failures += external_auth_step(workdir)
+            external_auth_step(demo, workdir)
 
-        banner(1, "First sync (PostSync hooks)", "A fresh coderd: no users, no templates. bootstrap-admin, then republish-templates.")
-        failures += run(["bootstrap-admin"], env) != 0
-        failures += run(["republish-templates"], env) != 0
-        show_coderd(coderd)
+        demo.banner(1, "First sync (PostSync hooks)", "a fresh coderd: no users, no templates")
+        count_coderd(coderd, demo.run(1, ["bootstrap-admin"], env))
+        count_coderd(coderd, demo.run(1, ["republish-templates"], env))
 
-        banner(2, "Re-sync with nothing changed", "recover = wait + bootstrap-admin + republish-templates; zero writes expected.")
-        failures += run(["recover"], env) != 0
-        show_coderd(coderd)
+        demo.banner(2, "Re-sync with nothing changed", "recover = wait + bootstrap-admin + republish-templates; zero writes")
+        count_coderd(coderd, demo.run(2, ["recover"], env))
 
-        banner(3, "A template edit", "One file of ameide-dev changes: exactly one new version, for that template only.")
+        demo.banner(3, "A template edit", "one file of ameide-dev changes: one new version, for that template only")
         main_tf = templates / "ameide-dev" / "main.tf"
         main_tf.write_text(main_tf.read_text() + "\n# demo edit\n")
-        failures += run(["republish-templates"], {**env, "TEMPLATES_REVISION": "demo-2"}) != 0
-        show_coderd(coderd)
+        count_coderd(coderd, demo.run(3, ["republish-templates"], {**env, "TEMPLATES_REVISION": "demo-2"}))
 
-        banner(4, "Database reset", "The Postgres volume is recreated: coderd comes back empty. `recover` heals it.")
+        demo.banner(4, "Database reset", "coderd comes back empty: doctor reports the drift, recover heals it")
         coderd.reset_database()
-        failures += run(["doctor"], env) != 1  # drift is the expected answer here
-        failures += run(["recover"], env) != 0
-        show_coderd(coderd)
+        count_coderd(coderd, demo.run(4, ["doctor"], env, expected=1, why="drift, coderd lost its first user"))
+        count_coderd(coderd, demo.run(4, ["recover"], env))
 
         if _has("jobs.reap"):
-            banner(5, "Reaper pass", "40 seeded running workspaces, idle for 12 min to 26 h; REAP_IDLE_AFTER=2h, REAP_MAX_STOPS=5.")
-            seed_workspaces(coderd)
+            shortest, longest = seed_workspaces(coderd)
             coderd.clear_log()
-            failures += run(["reap"], {**env, "REAP_IDLE_AFTER": "2h", "REAP_MAX_STOPS": "5"}) != 0
-            show_coderd(coderd)
+            demo.banner(5, "Reaper pass", f"40 running workspaces, idle {human_seconds(shortest)} to "
+                        f"{human_seconds(longest)}; REAP_IDLE_AFTER=2h, REAP_MAX_STOPS=5: the 5 oldest idle are stopped")
+            count_coderd(coderd, demo.run(5, ["reap"], {**env, "REAP_IDLE_AFTER": "2h", "REAP_MAX_STOPS": "5"}))
 
     shutil.rmtree(workdir, ignore_errors=True)
-    print(f"\n{BOLD}demo {'finished' if not failures else f'had {failures} unexpected exit code(s)'}{RESET}")
-    return 1 if failures else 0
+    return demo.table()
 
 
 def _has(module: str) -> bool:
@@ -171,4 +220,4 @@ def _has(module: str) -> bool:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(main(sys.argv[1:]))

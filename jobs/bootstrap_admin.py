@@ -17,6 +17,7 @@ from jobs.context import RunContext
 from jobs.converge import retry_transient
 from jobs import validation
 from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError
+from jobs.log import summary
 from jobs.plan import Action, log_plan
 from jobs.settings import BootstrapSettings
 
@@ -129,5 +130,6 @@ def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunCon
 def run(settings: BootstrapSettings, ctx: RunContext) -> int:
     with client_from_settings(settings) as client:
         client.wait_ready()
-        converge(client, settings, ctx)
+        actions = converge(client, settings, ctx)
+    summary(ctx.log, checked=len(actions), changed=sum(a.writes for a in actions), dry_run=ctx.dry_run)
     return EXIT_OK

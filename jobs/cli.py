@@ -18,7 +18,7 @@ from pydantic import SecretStr
 from jobs import __version__, settings as settings_mod
 from jobs.context import RunContext
 from jobs.errors import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, ConfigError, JobError, Terminated
-from jobs.log import configure, get_logger, register_secrets
+from jobs.log import configure, flush, get_logger, register_secrets
 
 # name -> (module, settings class, help, extra boolean flags)
 JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
@@ -36,7 +36,7 @@ JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
         {},
     ),
     "recover": ("jobs.recover", "RecoverSettings", "Heal a database reset: bootstrap-admin, then republish-templates", {}),
-    "doctor": ("jobs.doctor", "RecoverSettings", "Read-only drift report; exit 0 healthy, 1 drift", {}),
+    "doctor": ("jobs.doctor", "DoctorSettings", "Read-only drift report; exit 0 healthy, 1 drift", {}),
     "reap": (
         "jobs.reap",
         "ReapSettings",
@@ -60,31 +60,58 @@ def _global_flags(defaults: bool) -> argparse.ArgumentParser:
     return p
 
 
+def _default_text(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
     """One flag per non-secret setting: --coder-url overrides CODER_URL."""
     group = parser.add_argument_group("settings (flags override environment variables)")
+    secrets = cls.secret_fields()
     for name, info in cls.model_fields.items():
-        if info.annotation is SecretStr or "SecretStr" in str(info.annotation):
+        if name in secrets:
             continue  # secrets only from the environment: flags show up in `ps`
-        default = "" if info.is_required() else f" (default: {info.default})"
+        if info.is_required():
+            when = " (required)"
+        elif info.default is None:
+            when = ""  # the description says what unset means
+        else:
+            when = f" (default: {_default_text(info.default)})"
         group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None, metavar="VALUE",
-                           help=f"{info.description or ''} [env {name.upper()}]{default}")
+                           help=f"{info.description or ''} [env {name.upper()}]{when}")
+
+
+def _secrets_epilog(cls: type) -> str:
+    lines = []
+    for name in cls.secret_fields():
+        info = cls.model_fields[name]
+        lines.append(f"  {name.upper():<22} {info.description or ''}{' (required)' if info.is_required() else ''}")
+    if not lines:
+        return ""
+    return ("secrets (environment variables only, never flags: a flag's value shows in `ps`):\n" + "\n".join(lines)
+            + "\n\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="coder-jobs",
         description="Lifecycle and recovery jobs for a self-hosted Coder deployment.",
-        epilog="Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.",
+        epilog="Settings come from environment variables (a flag per non-secret setting overrides its variable); "
+               f"secrets only from the environment ({', '.join(SECRET_ENV)}). `coder-jobs JOB --help` lists a job's. "
+               "Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.",
         parents=[_global_flags(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"coder-jobs {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (_module, cls_name, help_text, flags) in JOBS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[_global_flags(defaults=False)])
+        cls = getattr(settings_mod, cls_name)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[_global_flags(defaults=False)],
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog=_secrets_epilog(cls) + "Exit codes: 0 converged (a no-op counts), 1 could not "
+                                                         "converge, 2 invalid configuration or input.")
         for flag, flag_help in flags.items():
             p.add_argument(f"--{flag}", action="store_true", help=flag_help)
-        _settings_flags(p, getattr(settings_mod, cls_name))
+        _settings_flags(p, cls)
     return parser
 
 
@@ -105,10 +132,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         register_secrets(settings.secret_values())
         ctx = RunContext(dry_run=args.dry_run, log=log,
                          flags={f.replace("-", "_"): getattr(args, f.replace("-", "_")) for f in flags})
+        log.info("settings", dry_run=args.dry_run, **ctx.flags, **settings.public_values())
         module = importlib.import_module(module_name)
         return int(module.run(settings, ctx))
     except ConfigError as exc:
-        log.error(str(exc), exit_code=EXIT_BAD_INPUT)
+        log.error(str(exc), exit_code=EXIT_BAD_INPUT, problems=exc.problems or None)
         return EXIT_BAD_INPUT
     except JobError as exc:
         log.error(str(exc), exit_code=exc.exit_code)
@@ -120,4 +148,5 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.exception(f"unexpected error: {type(exc).__name__}", exit_code=EXIT_NOT_CONVERGED)
         return EXIT_NOT_CONVERGED
     finally:
+        flush()
         sys.stdout.flush()

@@ -35,7 +35,8 @@ from tenacity import (
 )
 
 from jobs import __version__
-from jobs.errors import CoderAPIError, CoderUnavailable, JobError
+from jobs.errors import (CoderAPIError, CoderUnavailable, JobError, connection_cause, credentials_rejected_message,
+                         token_rejected_message, unreachable_message, what_to_check)
 from jobs.log import get_logger
 from jobs.models import (
     BuildInfo,
@@ -164,6 +165,8 @@ class CoderClient:
                 self.login()
                 relogged = True
                 continue
+            if response.status_code == 401 and auth and not self._can_login() and _DB_OUTAGE not in response.text:
+                raise JobError(token_rejected_message(self.url, error_from_response(method, path, response).message or "HTTP 401"))
             if response.status_code not in ok:
                 raise error_from_response(method, path, response)
             return response
@@ -183,7 +186,7 @@ class CoderClient:
                     return self._send_once(method, path, json, params, content, headers, auth, safe)
         except _Transient as exc:
             raise CoderUnavailable(
-                f"{method} {path} at {self.url} kept failing for {deadline:g}s (CODER_READY_TIMEOUT): {exc}"
+                f"{method} {path} at {self.url} kept failing for {deadline:g}s (CODER_READY_TIMEOUT): {exc}{what_to_check(str(exc))}"
             ) from None
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -199,7 +202,7 @@ class CoderClient:
         try:
             response = self._http.request(method, path, json=json, params=params, content=content, headers=all_headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise _Transient(f"cannot connect: {type(exc).__name__}") from None
+            raise _Transient(f"cannot connect: {connection_cause(exc)}") from None
         except httpx.TransportError as exc:
             if safe:
                 raise _Transient(f"connection failed mid-request: {type(exc).__name__}") from None
@@ -272,16 +275,13 @@ class CoderClient:
                 if response.status_code == 404:
                     last += " without X-Coder-Build-Version (is this a Coder server?)"
             except httpx.TransportError as exc:
-                last = type(exc).__name__
+                last = connection_cause(exc)
             except ValueError:
                 last = "buildinfo was not JSON"
             attempt += 1
             remaining = deadline - time.monotonic()
             if remaining <= 0:
-                raise CoderUnavailable(
-                    f"coderd at {self.url} did not become ready within {self.ready_timeout:g}s "
-                    f"(CODER_READY_TIMEOUT); last error: {last}"
-                )
+                raise CoderUnavailable(unreachable_message(self.url, self.ready_timeout, last))
             delay = min(8.0, 0.25 * 2 ** min(attempt, 6)) * (0.5 + random.random())
             if attempt == 1 or attempt % 5 == 0:
                 self.log.info("waiting for coderd", url=self.url, last_error=last, remaining_s=round(remaining, 1))
@@ -330,6 +330,8 @@ class CoderClient:
             if err.status == 401 and not self.first_user_exists():
                 raise JobError(f"coderd at {self.url} has no users: its database is new or was reset "
                                f"(login answered: {err.message or err.status}); run `coder-jobs recover`") from None
+            if err.status in (400, 401, 403):
+                raise JobError(credentials_rejected_message(self.url, err.message or str(err.status))) from None
             raise
         self._owns_session = True
 

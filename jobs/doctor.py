@@ -11,12 +11,13 @@ from jobs import republish
 from jobs.coder import client_from_settings
 from jobs.context import RunContext
 from jobs.errors import EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError
+from jobs.log import summary
 from jobs.plan import Action
-from jobs.settings import RecoverSettings
+from jobs.settings import DoctorSettings
 from jobs.template_source import load_templates
 
 
-def run(settings: RecoverSettings, ctx: RunContext) -> int:
+def run(settings: DoctorSettings, ctx: RunContext) -> int:
     templates = load_templates(settings.templates_dir, settings.template_names())
     drift: list[Action] = []
     with client_from_settings(settings) as client:
@@ -44,5 +45,6 @@ def run(settings: RecoverSettings, ctx: RunContext) -> int:
                         {"missing_external_auth": missing}))
     for action in drift:
         ctx.log.warning(f"drift {action.target}", reason=action.reason, **action.details)
-    ctx.log.info("doctor", healthy=not drift, drift=len(drift), templates=[t.name for t in templates])
+    summary(ctx.log, checked=1 + len(templates), changed=0, columns={"drift": len(drift)}, healthy=not drift,
+            templates=[t.name for t in templates])
     return EXIT_NOT_CONVERGED if drift else EXIT_OK

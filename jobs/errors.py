@@ -69,3 +69,89 @@ class CoderAPIError(JobError):
 
 class CoderUnavailable(JobError):
     """coderd did not answer (or kept answering 5xx) until the deadline."""
+
+
+# ------------------------------------------------------------------ messages that say what to check
+# Pure: they take what the client saw (an exception chain, coderd's answer) and return the text
+# an on-call engineer reads, with the RUNBOOK section to go to. No httpx here: only the Coder
+# client imports it, so causes are recognised by the standard library's exceptions and texts.
+
+RUNBOOK_UNREACHABLE = "RUNBOOK.md section 10, 'coderd unreachable'"
+RUNBOOK_CREDENTIALS = "RUNBOOK.md section 3, 'First user exists but the credentials are rejected'"
+
+REFUSED = "connection refused"
+DNS = "DNS lookup failed"
+TIMED_OUT = "timed out"
+
+_WHAT_TO_CHECK = {
+    REFUSED: "the host answered but nothing listens on that port: check that coderd's pods are running and ready "
+             "and that the port in CODER_URL is the one coderd's Service exposes",
+    DNS: "the host name in CODER_URL does not resolve: check it against coderd's Service "
+         "(<service>.<namespace>.svc.cluster.local) and that the job's NetworkPolicy allows DNS",
+    TIMED_OUT: "nothing answered in time: check that the job's NetworkPolicy egress allows coderd's Service, "
+               "and that coderd is not overloaded",
+}
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    current: BaseException | None = exc
+    while current is not None and current not in seen:
+        seen.append(current)
+        current = current.__cause__ or current.__context__
+    return seen
+
+
+def connection_cause(exc: BaseException) -> str:
+    """REFUSED, DNS or TIMED_OUT when the exception (or one it was raised from) says so, else
+    the exception's own short description."""
+    import socket
+
+    for err in _chain(exc):
+        text = str(err).lower()
+        if isinstance(err, socket.gaierror) or any(
+                t in text for t in ("name or service not known", "nodename nor servname", "name resolution",
+                                    "getaddrinfo failed", "no address associated")):
+            return DNS
+        if isinstance(err, ConnectionRefusedError) or "connection refused" in text or "errno 111" in text:
+            return REFUSED
+        if isinstance(err, (TimeoutError, socket.timeout)) or "timeout" in type(err).__name__.lower() \
+                or "timed out" in text:
+            return TIMED_OUT
+    return f"{type(exc).__name__}: {str(exc)[:200]}" if str(exc) else type(exc).__name__
+
+
+_FAILING = ("coderd (or a proxy in front of it) answers but fails: read coderd's log; it is starting, or cannot "
+            "reach its database")
+
+
+def what_to_check(cause: str) -> str:
+    """" <What to check> (see RUNBOOK ...)" for a failure text naming a known cause, else ""."""
+    check = next((c for known, c in _WHAT_TO_CHECK.items() if known in cause), None)
+    if check is None and any(f"HTTP {s}" in cause for s in (500, 502, 503, 504)):
+        check = _FAILING
+    if check is None:
+        return ""
+    return f". {check[0].upper()}{check[1:]} (see {RUNBOOK_UNREACHABLE})"
+
+
+def unreachable_message(url: str, waited_s: float, cause: str) -> str:
+    """coderd never answered within CODER_READY_TIMEOUT: what failed, what to check, where to read on."""
+    text = f"coderd at {url} did not become ready within {waited_s:g}s (CODER_READY_TIMEOUT); last error: {cause}"
+    return text + (what_to_check(cause) or f" (see {RUNBOOK_UNREACHABLE})")
+
+
+def credentials_rejected_message(url: str, coderd_said: str) -> str:
+    """coderd refused the admin's password login: the Secret and coderd's database disagree
+    (bootstrap-admin says the same for the first user)."""
+    return (f"coderd at {url} refused the login with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (coderd: {coderd_said}): "
+            "the Secret no longer matches that admin in coderd's database. Either set the Secret to the admin's "
+            "current credentials, or reset that user's password with `coder reset-password` "
+            f"(see {RUNBOOK_CREDENTIALS})")
+
+
+def token_rejected_message(url: str, coderd_said: str) -> str:
+    """coderd refused CODER_SESSION_TOKEN (there is no password to log in with instead)."""
+    return (f"coderd at {url} refused CODER_SESSION_TOKEN (coderd: {coderd_said}): it expired, was revoked, or "
+            "belongs to a database that was reset. Create a new token (`coder tokens create`) and put it in the "
+            f"Secret, or unset it so the jobs log in with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (see {RUNBOOK_CREDENTIALS})")

@@ -26,7 +26,7 @@ class Action:
 
 
 def log_plan(log: Any, actions: list[Action], dry_run: bool) -> None:
-    """One `plan` event with every action, then one line per action for humans."""
-    log.info("plan", dry_run=dry_run, actions=[a.as_dict() for a in actions], writes=sum(a.writes for a in actions))
-    for a in actions:
-        log.info(f"{'would ' if dry_run and a.writes else ''}{a.kind} {a.target}", reason=a.reason or None, **a.details)
+    """One `plan` event with every action; the console shows it as one line per action,
+    "would ..." for each write in a dry run (jobs/log.py)."""
+    log.info("plan", dry_run=dry_run, actions=[{**a.as_dict(), "writes": a.writes} for a in actions],
+             writes=sum(a.writes for a in actions))

@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterator
 from jobs.coder import CoderClient, client_from_settings
 from jobs.context import RunContext
 from jobs.errors import EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError, ConfigError, JobError
+from jobs.log import summary as log_summary
 from jobs.models import Workspace
 from jobs.plan import Action
 from jobs.reap_plan import (
@@ -60,6 +61,7 @@ ID_BATCH = 50  # 50 uuids keep the query string under 2 KiB
 QUOTA_WARN_RATIO = 0.9
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _WARN_KINDS = {"quota-violation", "quota-usage-high", "orphan", "quota-unresolved", "stop-failed", "delete-failed"}
+_BULK_KINDS = {"deferred", "exempt", "unknown", "busy"}  # one per workspace: the console counts them
 _ORPHAN_COUNTER = {"pod": "orphans", "deployment": "orphan_deployments", "secret": "orphan_secrets"}
 _DELETE_ORDER = {"deployment": 0, "pod": 1, "secret": 2}  # controllers first, the credentials last
 
@@ -78,7 +80,9 @@ class Reaper:
     # -- output --------------------------------------------------------------
     def emit(self, action: Action, phase: str = "plan") -> None:
         level = "warning" if action.kind in _WARN_KINDS else "info"
-        getattr(self.ctx.log, level)(action.kind, phase=phase, dry_run=self.ctx.dry_run, **action.as_dict())
+        event = f"would {action.kind}" if self.ctx.dry_run and action.kind == "stop" else action.kind
+        getattr(self.ctx.log, level)(event, phase=phase, dry_run=self.ctx.dry_run, **action.as_dict(),
+                                     **({"bulk": True} if action.kind in _BULK_KINDS and phase == "plan" else {}))
 
     def bump(self, key: str, n: int = 1) -> None:
         self.counts[key] = self.counts.get(key, 0) + n
@@ -351,9 +355,10 @@ def run(settings: ReapSettings, ctx: RunContext) -> int:
                 if delete_orphans and doomed:
                     reaper.delete_orphans(doomed)
             summary = {k: reaper.counts.get(k, 0) for k in SUMMARY_KEYS}
-            ctx.log.info("summary", dry_run=ctx.dry_run, **summary, list_requests=reaper.list_requests,
-                         server_now=reaper.now.isoformat() if reaper.now else None,
-                         duration_s=round(time.monotonic() - started, 3))
+            changed = summary["planned_stops"] if ctx.dry_run else summary["stopped"] + summary["deleted"]
+            log_summary(ctx.log, checked=summary["scanned"], **{**summary, "changed": changed}, dry_run=ctx.dry_run,
+                        list_requests=reaper.list_requests, server_now=reaper.now.isoformat() if reaper.now else None,
+                        duration_s=round(time.monotonic() - started, 3))
     finally:
         if kube is not None:
             kube.close()

@@ -3,10 +3,12 @@
 Sources, all parsed up front so a mistake exits 2 before anything is written:
 - `REAP_IDLE_AFTER`: the default idle-after;
 - `REAP_EXEMPT`: comma list of `owner/workspace` globs that are never stopped;
-- `REAP_RULES_FILE`: YAML, a list under `rules:`; each rule has optional globs `template`,
-  `owner`, `workspace` (fnmatch, case-insensitive; an absent glob matches anything) and
-  `idle_after` (alias `idleAfter`, as the chart's values spell it) and/or `exempt`.
-  The first rule whose globs all match decides for that workspace.
+- `REAP_RULES_FILE`: YAML, a list under `rules:`; each rule has a unique `id` (lowercase,
+  digits, dashes, as in kube-janitor's rules files: events and errors name the rule by it),
+  optional globs `template`, `owner`, `workspace` (fnmatch, case-insensitive; an absent glob
+  matches anything) and `idle_after` (alias `idleAfter`, as the chart's values spell it) and/or
+  `exempt`. The first rule whose globs all match decides for that workspace. Every problem of
+  every rule is reported at once.
 
 `REAP_EXEMPT` cannot be overridden by a rule: exemption only ever widens (a rule with
 `exempt: false` does not un-exempt a workspace listed there). That keeps the safe direction
@@ -18,12 +20,11 @@ Pure functions; the only I/O is reading the rules file.
 from __future__ import annotations
 
 import fnmatch
+import re
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Iterable
-
-import yaml
 
 from jobs.durations import format_duration, parse_duration
 from jobs.errors import ConfigError
@@ -33,8 +34,10 @@ from jobs.errors import ConfigError
 MIN_IDLE_AFTER = timedelta(minutes=5)
 
 _GLOB_KEYS = ("template", "owner", "workspace")
-_KNOWN_KEYS = set(_GLOB_KEYS) | {"idle_after", "idleAfter", "exempt"}
+_KNOWN_KEYS = set(_GLOB_KEYS) | {"id", "idle_after", "idleAfter", "exempt"}
 _MAX_GLOB_LEN = 256
+_MAX_ID_LEN = 63
+_ID = re.compile(rf"^[a-z][a-z0-9-]{{0,{_MAX_ID_LEN - 1}}}$")  # as kube-janitor's rule ids
 
 
 def glob_match(pattern: str, value: str) -> bool:
@@ -42,31 +45,43 @@ def glob_match(pattern: str, value: str) -> bool:
     return fnmatch.fnmatchcase(value.lower(), pattern.lower())
 
 
-def parse_idle_after(value: Any, where: str) -> timedelta:
-    """A duration from a setting or a rule; ConfigError naming `where` when it is not one."""
+def idle_after_problem(value: Any) -> str | None:
+    """Why `value` is not an acceptable idle-after (a setting or a rule's), or None."""
     if isinstance(value, bool) or not isinstance(value, (str, int, float)):
-        raise ConfigError(f"{where}: expected a duration such as 2h, 90m or 3600s, got {type(value).__name__}")
+        return f"expected a duration such as 2h, 90m or 3600s, got {type(value).__name__}"
     try:
         delta = parse_duration(str(value))
     except (ValueError, OverflowError) as exc:
-        raise ConfigError(f"{where}: {exc}") from None
+        return str(exc)
     if delta < MIN_IDLE_AFTER:
-        raise ConfigError(
-            f"{where}: {format_duration(delta)} is shorter than {format_duration(MIN_IDLE_AFTER)}; coderd updates "
-            "last_used_at only about once a minute, so workspaces in use would be stopped"
-        )
-    return delta
+        return (f"{format_duration(delta)} is shorter than {format_duration(MIN_IDLE_AFTER)} (coderd updates "
+                "last_used_at only about once a minute, so workspaces in use would be stopped)")
+    return None
+
+
+def parse_idle_after(value: Any, where: str) -> timedelta:
+    """A duration from a setting or a rule; ConfigError naming `where` when it is not one."""
+    problem = idle_after_problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return parse_duration(str(value))
+
+
+def _glob_problem(value: Any) -> str | None:
+    if not isinstance(value, str):
+        return f"expected a glob string, got {type(value).__name__}"
+    if not value.strip():
+        return "empty glob (omit the key to match anything)"
+    if len(value.strip()) > _MAX_GLOB_LEN:
+        return f"glob longer than {_MAX_GLOB_LEN} characters"
+    return None
 
 
 def _check_glob(value: Any, where: str) -> str:
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a glob string, got {type(value).__name__}")
-    glob = value.strip()
-    if not glob:
-        raise ConfigError(f"{where}: empty glob (omit the key to match anything)")
-    if len(glob) > _MAX_GLOB_LEN:
-        raise ConfigError(f"{where}: glob longer than {_MAX_GLOB_LEN} characters")
-    return glob
+    problem = _glob_problem(value)
+    if problem:
+        raise ConfigError(f"{where}: {problem}")
+    return str(value).strip()
 
 
 def parse_exempt(text: str | Iterable[str] | None) -> tuple[tuple[str, str], ...]:
@@ -94,6 +109,7 @@ def parse_exempt(text: str | Iterable[str] | None) -> tuple[tuple[str, str], ...
 @dataclass(frozen=True)
 class Rule:
     index: int
+    id: str = ""
     template: str | None = None
     owner: str | None = None
     workspace: str | None = None
@@ -108,48 +124,105 @@ class Rule:
 
     @property
     def name(self) -> str:
-        return f"rule[{self.index}]"
+        """How events name the rule that decided: its id (rules files require one)."""
+        return f"rule:{self.id}" if self.id else f"rules[{self.index}]"
 
 
-def parse_rule(index: int, raw: Any) -> Rule:
-    where = f"REAP_RULES_FILE rule {index}"
+def _rule_label(index: int, raw: Any) -> str:
+    rid = raw.get("id") if isinstance(raw, dict) else None
+    return f'rule "{rid}" (rules[{index}])' if isinstance(rid, str) and _ID.match(rid) else f"rules[{index}]"
+
+
+def _rule_problems(index: int, raw: Any, seen: dict[str, int]) -> tuple[Rule | None, list[str]]:
+    """One rule, or every problem it has (each a short phrase, without the rule's name)."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{where}: expected a mapping with template/owner/workspace/idle_after/exempt, "
-                          f"got {type(raw).__name__}")
+        return None, [f"expected a mapping with id and template/owner/workspace/idle_after/exempt, got {type(raw).__name__}"]
+    problems = []
+    rid = raw.get("id")
+    if rid is None:
+        problems.append("id: required (a name for the rule, used in the reaper's events), e.g. id: keep-gitops")
+    elif not isinstance(rid, str) or not _ID.match(rid):
+        problems.append(f"id: expected lowercase letters, digits and dashes, starting with a letter (at most {_MAX_ID_LEN})")
+    elif rid in seen:
+        problems.append(f"id: {rid!r} is also the id of rules[{seen[rid]}] (ids must be unique)")
+    else:
+        seen[rid] = index
     unknown = sorted(str(k) for k in raw if k not in _KNOWN_KEYS)
     if unknown:
-        raise ConfigError(f"{where}: unknown field(s) {', '.join(unknown)} "
-                          f"(allowed: {', '.join(sorted(_KNOWN_KEYS))})")
+        problems.append(f"unknown field(s) {', '.join(unknown)} (allowed: {', '.join(sorted(_KNOWN_KEYS))})")
+    globs = {}
+    for key in _GLOB_KEYS:
+        if raw.get(key) is not None:
+            problem = _glob_problem(raw[key])
+            if problem:
+                problems.append(f"{key}: {problem}")
+            else:
+                globs[key] = str(raw[key]).strip()
     if "idle_after" in raw and "idleAfter" in raw:
-        raise ConfigError(f"{where}: both idle_after and idleAfter given; use one")
-    globs = {k: _check_glob(raw[k], f"{where} field {k}") for k in _GLOB_KEYS if k in raw and raw[k] is not None}
+        problems.append("both idle_after and idleAfter given; use one")
     idle_key = "idle_after" if "idle_after" in raw else "idleAfter" if "idleAfter" in raw else None
-    idle_after = parse_idle_after(raw[idle_key], f"{where} field {idle_key}") if idle_key else None
+    idle_after = None
+    if idle_key:
+        problem = idle_after_problem(raw[idle_key])
+        if problem:
+            problems.append(f"{idle_key}: {problem}")
+        else:
+            idle_after = parse_duration(str(raw[idle_key]))
     exempt = raw.get("exempt")
     if "exempt" in raw and not isinstance(exempt, bool):
-        raise ConfigError(f"{where} field exempt: expected true or false, got {type(exempt).__name__}")
-    if idle_after is None and exempt is None:
-        raise ConfigError(f"{where}: needs idle_after and/or exempt (a rule with neither would only hide later rules)")
+        problems.append(f"exempt: expected true or false, got {type(exempt).__name__}")
+        exempt = None
+    if idle_key is None and "exempt" not in raw:
+        problems.append("needs idle_after and/or exempt (a rule with neither would only hide later rules)")
     if exempt is True and idle_after is not None:
-        raise ConfigError(f"{where}: exempt: true together with idle_after is contradictory; keep one")
-    return Rule(index=index, idle_after=idle_after, exempt=exempt, **globs)
+        problems.append("exempt: true together with idle_after is contradictory; keep one")
+    if problems:
+        return None, problems
+    return Rule(index=index, id=str(rid), idle_after=idle_after, exempt=exempt, **globs), []
 
 
-def parse_rules(data: Any) -> tuple[Rule, ...]:
-    """The parsed YAML document -> rules. An empty document means no rules."""
+def parse_rules(data: Any, where: str = "REAP_RULES_FILE") -> tuple[Rule, ...]:
+    """The parsed YAML document -> rules. An empty document means no rules. Every problem of
+    every rule is reported at once, one entry per rule, named by its id."""
     if data is None:
         return ()
     if not isinstance(data, dict):
-        raise ConfigError(f"REAP_RULES_FILE: expected a mapping with a `rules:` list, got {type(data).__name__}")
+        raise ConfigError(f"{where}: expected a mapping with a `rules:` list, got {type(data).__name__}")
     unknown = sorted(str(k) for k in data if k != "rules")
     if unknown:
-        raise ConfigError(f"REAP_RULES_FILE: unknown top-level field(s) {', '.join(unknown)} (only `rules`)")
+        raise ConfigError(f"{where}: unknown top-level field(s) {', '.join(unknown)} (only `rules`)")
     rules = data.get("rules")
     if rules is None:
         return ()
     if not isinstance(rules, list):
-        raise ConfigError(f"REAP_RULES_FILE field rules: expected a list, got {type(rules).__name__}")
-    return tuple(parse_rule(i, r) for i, r in enumerate(rules))
+        raise ConfigError(f"{where} field rules: expected a list, got {type(rules).__name__}")
+    parsed, problems, seen = [], [], {}
+    for i, raw in enumerate(rules):
+        rule, found = _rule_problems(i, raw, seen)
+        if rule is not None:
+            parsed.append(rule)
+        if found:
+            problems.append(f"{_rule_label(i, raw)}: {', '.join(found)}")
+    if problems:
+        raise ConfigError(f"{where}: {len(problems)} of {len(rules)} rule{'s' if len(rules) != 1 else ''} "
+                          f"{'is' if len(problems) == 1 else 'are'} invalid", problems)
+    return tuple(parsed)
+
+
+def _yaml_problem(exc: Exception, text: str) -> str:
+    """Where and what: PyYAML's problem, its context, and the offending line itself."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        # PyYAML's constructors also raise ValueError (2001-13-01), KeyError, RecursionError, ...
+        return f"{type(exc).__name__}: {str(exc)[:200]}"
+    out = f"at line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', None) or 'cannot parse'}"
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        out += f" ({context}" + (f" at line {where.line + 1}" if where is not None else "") + ")"
+    lines = text.splitlines()
+    if 0 <= mark.line < len(lines):
+        out += f"; line {mark.line + 1} is {lines[mark.line][:120]!r}"
+    return out
 
 
 def load_rules(path: Path | str | None) -> tuple[Rule, ...]:
@@ -159,14 +232,13 @@ def load_rules(path: Path | str | None) -> tuple[Rule, ...]:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"REAP_RULES_FILE: cannot read {path}: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+    import yaml  # here, not at import: settings.py checks the rules file and every job imports settings
+
     try:
         data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - PyYAML's constructors also raise ValueError (2001-13-01), KeyError (!!bool maybe), RecursionError
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        why = "" if isinstance(exc, yaml.YAMLError) else f" ({type(exc).__name__}: {str(exc)[:200]})"
-        raise ConfigError(f"REAP_RULES_FILE: {path} is not valid YAML{at}{why}") from None
-    return parse_rules(data)
+    except Exception as exc:  # noqa: BLE001 - see _yaml_problem
+        raise ConfigError(f"REAP_RULES_FILE: {path} is not valid YAML {_yaml_problem(exc, text)}") from None
+    return parse_rules(data, where=f"REAP_RULES_FILE {path}")
 
 
 @dataclass(frozen=True)
@@ -175,7 +247,7 @@ class Decision:
 
     exempt: bool
     idle_after: timedelta
-    source: str  # "default", "REAP_EXEMPT", "rule[3]"
+    source: str  # "default", "REAP_EXEMPT", "rule:keep-gitops"
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from jobs.context import RunContext
 from jobs.converge import retry_transient
 from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError, TemplateError
 from jobs.models import ProvisionerJobLog, Template, TemplateVersion
+from jobs.log import summary
 from jobs.plan import Action, log_plan
 from jobs.settings import ExternalAuthSettings, TemplatesSettings
 from jobs.template_source import LocalTemplate, load_templates
@@ -343,6 +344,8 @@ def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
             failed.append(local.name)
     if failed:
         others = "; the others converged" if len(failed) < len(templates) else ""
+        summary(ctx.log, checked=len(templates), changed=sum(a.writes for a in all_actions), failed=len(failed),
+                dry_run=ctx.dry_run)
         raise JobError(f"{len(failed)} of {len(templates)} templates did not converge: {', '.join(failed)} "
                        f"(each one's cause is logged above){others}")
     return all_actions
@@ -352,5 +355,6 @@ def run(settings: TemplatesSettings, ctx: RunContext) -> int:
     templates = load_templates(settings.templates_dir, settings.template_names())  # bad input fails first
     with client_from_settings(settings) as client:
         client.wait_ready()
-        converge(client, settings, ctx, templates)
+        actions = converge(client, settings, ctx, templates)
+    summary(ctx.log, checked=len(templates), changed=sum(a.writes for a in actions), dry_run=ctx.dry_run)
     return EXIT_OK

@@ -15,7 +15,7 @@ from typing import Any, Literal, Mapping
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from jobs import validation
+from jobs import reap_rules, validation
 from jobs.durations import parse_duration
 from jobs.errors import ConfigError
 
@@ -37,6 +37,21 @@ class JobSettings(BaseSettings):
         """Checks that span several variables. `raw` is env + overrides, upper-cased keys."""
         return []
 
+    @classmethod
+    def secret_fields(cls) -> list[str]:
+        """Settings read from the environment only: a flag would show the value in `ps`."""
+        return [name for name, info in cls.model_fields.items() if "SecretStr" in str(info.annotation)]
+
+    def public_values(self) -> dict[str, Any]:
+        """The effective non-secret settings, by variable name, for the log at start."""
+        out: dict[str, Any] = {}
+        for name in type(self).model_fields:
+            if name in self.secret_fields():
+                continue
+            value = getattr(self, name)
+            out[env_name(name)] = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
+        return out
+
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the log redactor."""
         out = []
@@ -52,8 +67,10 @@ class CoderSettings(JobSettings):
 
     coder_url: AnyHttpUrl = Field(description="Base URL of coderd, e.g. http://coder.coder.svc.cluster.local")
     coder_session_token: SecretStr | None = Field(None, description="API token; when unset, log in with the admin credentials")
-    coder_admin_email: str | None = Field(None, description="Email of the bootstrap admin (first user)")
-    coder_admin_password: SecretStr | None = Field(None, description="Password of the bootstrap admin")
+    coder_admin_email: str | None = Field(None, description="Email of the admin to log in as (needed when "
+                                                            "CODER_SESSION_TOKEN is unset)")
+    coder_admin_password: SecretStr | None = Field(None, description="Password of that admin (needed when "
+                                                                     "CODER_SESSION_TOKEN is unset)")
     coder_organization: str = Field("default", description="Organization name or id (`default` = the default org)")
     coder_ready_timeout: float = Field(300.0, gt=0, le=86400, description="Seconds to wait for coderd to answer")
     coder_request_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one HTTP request")
@@ -92,11 +109,11 @@ class BootstrapSettings(CoderSettings):
         return []  # the admin credentials are required fields here
 
 
-class TemplatesSettings(CoderSettings):
+class TemplateFolderSettings(CoderSettings):
+    """Where the templates are, and which of them a job works on."""
+
     templates_dir: Path = Field(description="Folder with one subfolder per Coder template")
-    templates: str | None = Field(None, description="Comma list of templates to publish (default: every subfolder)")
-    templates_revision: str | None = Field(None, description="Revision recorded on new versions, e.g. a git commit")
-    template_build_timeout: float = Field(600.0, gt=0, le=7200, description="Seconds to wait for a version's provisioner job")
+    templates: str | None = Field(None, description="Comma list of templates to publish (unset: every subfolder)")
 
     @field_validator("templates_dir")
     @classmethod
@@ -111,12 +128,22 @@ class TemplatesSettings(CoderSettings):
         return [t.strip() for t in self.templates.split(",") if t.strip()]
 
 
+class TemplatesSettings(TemplateFolderSettings):
+    templates_revision: str | None = Field(None, description="Revision recorded on new versions, e.g. a git commit")
+    template_build_timeout: float = Field(600.0, gt=0, le=7200, description="Seconds to wait for a version's provisioner job")
+
+
 class RecoverSettings(BootstrapSettings, TemplatesSettings):
-    """`recover` and `doctor` need both the first-user and the template settings."""
+    """`recover` needs both the first-user and the template settings."""
+
+
+class DoctorSettings(TemplateFolderSettings):
+    """What `doctor` reads: how to reach coderd and which templates to compare; it creates
+    nothing, so neither the first user's details nor the build settings."""
 
 
 class ExternalAuthSettings(JobSettings):
-    pod_namespace: str | None = Field(None, description="Namespace of the Secrets (default: the pod's own namespace)")
+    pod_namespace: str | None = Field(None, description="Namespace of the Secrets (unset: the pod's own namespace)")
     external_auth_client_id_secret: str = Field("coder-github-oauth-client-id", description="Source Secret with the OAuth client id")
     external_auth_client_secret_secret: str = Field(
         "coder-github-oauth-client-secret", description="Source Secret with the OAuth client secret"
@@ -143,10 +170,30 @@ class ReapSettings(CoderSettings):
     reap_concurrency: int = Field(4, ge=1, le=64, description="Stop builds issued in parallel")
     reap_page_size: int = Field(500, ge=1, le=10000, description="Workspaces per list request")
 
+    # The policy inputs are checked here, with every other setting, so one message names every
+    # bad variable; reap builds the policy from them again (jobs/reap_rules.py).
+
     @field_validator("reap_idle_after")
     @classmethod
     def _duration(cls, value: str) -> str:
-        parse_duration(value)
+        return _check(value, reap_rules.idle_after_problem(value))
+
+    @field_validator("reap_exempt")
+    @classmethod
+    def _exempt(cls, value: str | None) -> str | None:
+        try:
+            reap_rules.parse_exempt(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("REAP_EXEMPT ")) from None
+        return value
+
+    @field_validator("reap_rules_file")
+    @classmethod
+    def _rules(cls, value: Path | None) -> Path | None:
+        try:
+            reap_rules.load_rules(value)
+        except ConfigError as exc:
+            raise ValueError(str(exc).removeprefix("REAP_RULES_FILE").lstrip(": ")) from None
         return value
 
     def idle_after(self) -> timedelta:
@@ -161,6 +208,7 @@ ALL_SETTINGS: tuple[type[JobSettings], ...] = (
     BootstrapSettings,
     TemplatesSettings,
     RecoverSettings,
+    DoctorSettings,
     ExternalAuthSettings,
     ReapSettings,
 )

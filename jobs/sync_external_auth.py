@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Mapping
 
 from jobs.context import RunContext
 from jobs.errors import EXIT_OK, ConfigError, JobError
-from jobs.log import register_secrets
+from jobs.log import register_secrets, summary
 from jobs.plan import Action, log_plan
 from jobs.settings import ExternalAuthSettings
 
@@ -365,5 +365,6 @@ def run(settings: ExternalAuthSettings, ctx: RunContext) -> int:
         p = converge(api, ns, settings, ctx)
     finally:
         api.close()
-    ctx.log.info("summary", dry_run=ctx.dry_run, target_action=p.secret, rollout=p.rollout, checksum=short(p.checksum))
+    summary(ctx.log, checked=len(p.actions), changed=sum(a.writes for a in p.actions), dry_run=ctx.dry_run,
+            target_action=p.secret, rollout=p.rollout, checksum=short(p.checksum))
     return EXIT_OK

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import json
 import os
 import shutil
@@ -26,10 +27,17 @@ CANARY_CLIENT_SECRET = "canary-client-secret-0b9c7e31f2"
 
 @dataclass
 class Result:
+    """A finished `coder-jobs` process. `events` are the JSON events of both streams (info on
+    stdout, warnings and errors on stderr), in the order they were logged."""
+
     rc: int
     stdout: str
     stderr: str
     events: list[dict] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.events:
+            self.events = parse_events(self.stdout, self.stderr)
 
     @property
     def output(self) -> str:
@@ -42,16 +50,20 @@ class Result:
         return [e for e in self.events if e.get("level") == "error"]
 
 
-def parse_events(stdout: str) -> list[dict]:
-    events = []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            try:
-                events.append(json.loads(line))
-            except ValueError:
-                pass
-    return events
+def parse_events(*streams: str) -> list[dict]:
+    """JSON events of each stream, merged by timestamp (each stream keeps its own order)."""
+    parsed = []
+    for text in streams:
+        events = []
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("{"):
+                try:
+                    events.append(json.loads(line))
+                except ValueError:
+                    pass
+        parsed.append(events)
+    return list(heapq.merge(*parsed, key=lambda e: str(e.get("timestamp", ""))))
 
 
 def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120, log_format: str = "json") -> Result:
@@ -63,7 +75,7 @@ def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
         [sys.executable, "-m", "jobs", "--log-format", log_format, *args],
         env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
     )
-    return Result(proc.returncode, proc.stdout, proc.stderr, parse_events(proc.stdout))
+    return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
 def assert_no_secret(result: Result, *secrets: str) -> None:

@@ -74,7 +74,8 @@ FULL = {
     "externalSecrets": {"enabled": True, "secretStoreRef": {"name": "vault"},
                         "githubOAuth": {"enabled": True}},
     "networkPolicy": {"kubernetesApi": {"cidrs": [API_TEST_CIDR]}},
-    "reap": {"rules": [{"owner": "alice", "idleAfter": "8h"}, {"template": "ameide-gitops", "exempt": True}]},
+    "reap": {"rules": [{"id": "alice", "owner": "alice", "idleAfter": "8h"},
+                       {"id": "gitops", "template": "ameide-gitops", "exempt": True}]},
     "workspaces": {
         "enabled": True,
         "codex": {"enabled": True},
@@ -348,6 +349,7 @@ def test_lint_clean_full() -> None:
     ({"reap": {"idleAfter": "soon"}}, "/reap/idleAfter"),
     ({"reap": {"quotaAction": "delete"}}, "/reap/quotaAction"),
     ({"reap": {"exempt": ["no-slash"]}}, "/reap/exempt"),
+    ({"reap": {"rules": [{"owner": "alice", "idleAfter": "8h"}]}}, "/reap/rules/0"),  # a rule needs its id
     ({"coder": {"readyTimeoutSeconds": "300"}}, "/coder/readyTimeoutSeconds"),
     ({"image": {"digest": "latest"}}, "/image/digest"),
     ({"workspaces": {"networkPolicy": {"provider": "calico"}}}, "/workspaces/networkPolicy/provider"),

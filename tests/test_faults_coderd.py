@@ -101,7 +101,7 @@ def test_job_gives_up_on_a_coderd_down_longer_than_the_deadline_naming_url_and_d
     result = run_job(job, env={**job_envs[job], "CODER_READY_TIMEOUT": "2"})
 
     message = assert_clean_failure(result, coderd.url, "2s", "CODER_READY_TIMEOUT")
-    assert ("HTTP 503" if mode == "503" else "ConnectError") in message
+    assert ("HTTP 503" if mode == "503" else "connection refused") in message and "RUNBOOK.md section 10" in message
     assert coder_writes(coderd) == []
     if seeded:
         assert stop_builds(coderd) == {}

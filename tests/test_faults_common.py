@@ -22,7 +22,7 @@ import pytest
 from fakes import base
 from fakes.base import FakeServer, Record
 from fakes.coderd import FakeCoderd
-from tests.conftest import CANARY_PASSWORD, REPO, Result, parse_events
+from tests.conftest import CANARY_PASSWORD, REPO, Result
 
 TEMPLATES = ("ameide-dev", "ameide-gitops")
 CODER_JOBS = ("bootstrap-admin", "republish-templates", "recover", "reap")
@@ -120,7 +120,7 @@ def terminate(proc: subprocess.Popen, timeout: float = 10) -> tuple[Result, floa
         proc.kill()
         out, err = proc.communicate()
         raise AssertionError(f"the job did not exit within {timeout}s of SIGTERM:\n{out[-2000:]}\n{err[-2000:]}")
-    return Result(proc.returncode, out, err, parse_events(out)), time.monotonic() - sent
+    return Result(proc.returncode, out, err), time.monotonic() - sent
 
 
 def assert_clean_failure(result: Result, *words: str) -> str:

@@ -73,7 +73,7 @@ RULE_LIKE = st.one_of(
     yaml_text,
     st.lists(st.tuples(st.sampled_from(["template", "owner", "workspace", "idle_after", "idleAfter", "exempt", "bogus"]),
                        _leaf), max_size=4)
-    .map(lambda kvs: "rules:\n  - " + "\n    ".join(f"{k}: {v}" for k, v in kvs) if kvs else "rules: []"),
+    .map(lambda kvs: "rules:\n  - id: r\n    " + "\n    ".join(f"{k}: {v}" for k, v in kvs) if kvs else "rules: []"),
 )
 
 

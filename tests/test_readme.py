@@ -20,3 +20,11 @@ def test_readme_has_exactly_two_setup_commands_and_ci_runs_the_test_one():
     commands = [line.split("#")[0].strip() for line in block.splitlines() if line.strip()]
     assert commands == ["./dev demo", "./dev test"]
     assert "./dev test" in (REPO / ".ci" / "run").read_text()
+
+
+def test_the_readme_rules_example_is_a_valid_rules_file(tmp_path):
+    from jobs.reap_rules import load_rules
+
+    example = re.search(r"```yaml\n(rules:.*?)```", README, re.S).group(1)
+    (tmp_path / "rules.yaml").write_text(example)
+    assert [r.name for r in load_rules(tmp_path / "rules.yaml")] == ["rule:gitops", "rule:service-accounts"]

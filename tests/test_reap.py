@@ -16,11 +16,14 @@ M = timedelta(minutes=1)
 BUILDS = r"^/api/v2/workspaces/[^/]+/builds$"
 RULES = """
 rules:
-  - template: ameide-gitops
+  - id: gitops
+    template: ameide-gitops
     idle_after: 8h
-  - owner: svc-*
+  - id: service-accounts
+    owner: svc-*
     exempt: true
-  - workspace: quick-*
+  - id: quick
+    workspace: quick-*
     idleAfter: 30m
 """
 
@@ -104,7 +107,7 @@ def stopped_names(fake: FakeCoderd, ids: dict[str, str]) -> list[str]:
 
 
 def plan_events(result) -> set[tuple[str, str]]:
-    return {(e["event"], e["target"]) for e in result.events if e.get("phase") == "plan"}
+    return {(e["event"].removeprefix("would "), e["target"]) for e in result.events if e.get("phase") == "plan"}
 
 
 def summary(result) -> dict:
@@ -121,6 +124,7 @@ def test_exactly_the_right_workspaces_are_stopped_and_dry_run_prints_the_same_pl
     assert dry.rc == 0, dry.output
     assert coderd.requests("POST", BUILDS) == [] and coder_writes(coderd) == []
     assert {t for e, t in plan_events(dry) if e == "stop"} == {f"workspace/{n}" for n in expected}
+    assert {e["event"] for e in dry.events if e.get("action") == "stop"} == {"would stop"}  # a dry run says so
 
     real = run_job("reap", env=reap_env)
     assert real.rc == 0, real.output

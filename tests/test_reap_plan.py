@@ -59,7 +59,8 @@ def test_classify_every_case():
 
 def test_rules_override_idle_after_and_exemption():
     policy = Policy(2 * H, (), parse_rules({"rules": [
-        {"template": "ameide-gitops", "idle_after": "8h"}, {"owner": "svc-*", "exempt": True}, {"workspace": "quick-*", "idle_after": "30m"}]}))
+        {"id": "gitops", "template": "ameide-gitops", "idle_after": "8h"}, {"id": "bots", "owner": "svc-*", "exempt": True},
+        {"id": "quick", "workspace": "quick-*", "idle_after": "30m"}]}))
     assert kinds(ws(template="ameide-gitops"), policy) == "active"  # 5h < 8h
     assert kinds(ws(template="ameide-gitops", last_used=NOW - 9 * H, completed=NOW - 9 * H), policy) == "idle"
     assert kinds(ws(owner="svc-ci"), policy) == "exempt"

@@ -81,3 +81,46 @@ def test_a_session_token_that_is_not_coders_shape_is_exit_2_without_the_value(mo
     with pytest.raises(ConfigError, match="CODER_SESSION_TOKEN") as err:
         s.load(s.CoderSettings)
     assert token not in str(err.value)
+
+
+def test_a_bad_url_and_an_idle_after_below_the_floor_are_named_in_one_error(monkeypatch):
+    # REAP_IDLE_AFTER=2 (seconds) used to pass here and fail later, alone, in the reaper's policy.
+    monkeypatch.setenv("CODER_URL", "not-a-url")
+    monkeypatch.setenv("REAP_IDLE_AFTER", "2")
+    monkeypatch.setenv("CODER_SESSION_TOKEN", "abcdefghij-0123456789abcdefghijkl")
+    with pytest.raises(ConfigError) as err:
+        s.load(s.ReapSettings)
+    assert [p.split(":")[0] for p in err.value.problems] == ["CODER_URL", "REAP_IDLE_AFTER"]
+    assert "shorter than 5m" in str(err.value)
+
+
+def test_exemptions_and_the_rules_file_are_checked_with_the_other_settings(monkeypatch, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - id: a\n    owner: x\n  - id: b\n    exempt: maybe\n")
+    monkeypatch.setenv("CODER_URL", "http://c")
+    monkeypatch.setenv("CODER_SESSION_TOKEN", "abcdefghij-0123456789abcdefghijkl")
+    monkeypatch.setenv("REAP_EXEMPT", "justaname")
+    monkeypatch.setenv("REAP_RULES_FILE", str(rules))
+    with pytest.raises(ConfigError) as err:
+        s.load(s.ReapSettings)
+    exempt, rules_problem = err.value.problems
+    assert exempt.startswith("REAP_EXEMPT: entry 0 ('justaname')")
+    assert rules_problem.startswith(f"REAP_RULES_FILE: {rules}: 2 of 2 rules are invalid")
+    assert 'rule "a" (rules[0])' in rules_problem and 'rule "b" (rules[1])' in rules_problem
+
+
+def test_doctor_settings_are_only_what_doctor_reads():
+    assert set(s.DoctorSettings.model_fields) == {
+        "coder_url", "coder_session_token", "coder_admin_email", "coder_admin_password", "coder_organization",
+        "coder_ready_timeout", "coder_request_timeout", "templates_dir", "templates"}
+
+
+def test_the_settings_logged_at_start_hold_no_secret(monkeypatch):
+    monkeypatch.setenv("CODER_URL", "http://c")
+    monkeypatch.setenv("CODER_ADMIN_EMAIL", "admin@example.com")
+    monkeypatch.setenv("CODER_ADMIN_PASSWORD", "Canary-Pw-7f3kq9Zx!2vB")
+    monkeypatch.setenv("CODER_SESSION_TOKEN", "abcdefghij-0123456789abcdefghijkl")
+    shown = s.load(s.ReapSettings).public_values()
+    assert shown["CODER_URL"] == "http://c/" and shown["REAP_IDLE_AFTER"] == "2h" and shown["REAP_MAX_STOPS"] == 20
+    assert "CODER_ADMIN_PASSWORD" not in shown and "CODER_SESSION_TOKEN" not in shown
+    assert "Canary-Pw-7f3kq9Zx!2vB" not in repr(shown)

@@ -307,7 +307,8 @@ def test_dry_run_writes_nothing_and_prints_the_plan(seeded, env):
     assert seeded.writes() == [] and target(seeded) is None
     (p,) = r.find("plan")
     assert p["dry_run"] is True and [a["action"] for a in p["actions"]] == ["create-secret", "roll-deployment"]
-    assert r.find("would create-secret secret/coder/coder-external-auth-github")
+    console = run_job("sync-external-auth", "--dry-run", env=env, log_format="console")
+    assert "would create-secret secret/coder/coder-external-auth-github" in console.stdout
     assert_no_secret(r, CLIENT_SECRET)
 
 
