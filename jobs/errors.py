@@ -69,3 +69,8 @@ class CoderAPIError(JobError):
 
 class CoderUnavailable(JobError):
     """coderd did not answer (or kept answering 5xx) until the deadline."""
+
+
+class ConcurrentChange(JobError):
+    """Someone else changed what a job read before its write landed (a 409 on a create, a stale
+    resourceVersion): the job reads the state again and plans again (jobs.retry)."""
