@@ -1,8 +1,8 @@
 """bootstrap-admin: create Coder's first user, so humans land on SSO and never on /setup.
 
-Plan: `GET /users/first` decides between creating the user and verifying that the
-configured credentials still log in. Apply: `POST /users/first` (trial off), where a 409
-means another run won the race and we verify instead.
+Observe `GET /users/first`; plan: create the user, or verify that the configured credentials
+still log in. Apply: `POST /users/first` (trial off), where a 409 means another run won the race:
+the job reads again and plans again, and verifies.
 
 Only the create path checks the values against coderd's rules before sending (exit 2, nothing
 written): verifying an existing admin's login lets coderd judge the credentials.
@@ -12,25 +12,29 @@ from __future__ import annotations
 
 from typing import Any
 
-from jobs.coder import CoderClient, client_from_settings
+from jobs import retry, validation
+from jobs.coder import CoderClient, client_from_settings, is_transient, refused_for_setup_token
 from jobs.context import RunContext
-from jobs.converge import retry_transient
-from jobs import validation
-from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError
+from jobs.errors import EXIT_OK, CoderAPIError, ConcurrentChange, ConfigError, JobError
 from jobs.log import summary
-from jobs.plan import Action, log_plan
+from jobs.plan import Action, Plan, log_plan, report
 from jobs.settings import BootstrapSettings
 
 RUNBOOK_HINT = "see RUNBOOK.md section 3, 'First user exists but the credentials are rejected'"
 
 
-def plan(first_user_exists: bool, settings: BootstrapSettings) -> list[Action]:
+def plan(first_user_exists: bool, settings: BootstrapSettings) -> Plan:
+    """Create the first user, or check that the configured credentials log in to the existing one.
+    Raises ConfigError when coderd's own rules would refuse the user we would create."""
     if first_user_exists:
-        return [Action("verify-credentials", f"user/{settings.coder_admin_email}", "a first user already exists")]
+        return Plan((report("verify-credentials", f"user/{settings.coder_admin_email}", "a first user already exists"),))
+    problems = first_user_problems(settings)
+    if problems:
+        raise ConfigError("coderd would refuse to create the first user", problems)
     details: dict[str, Any] = {"username": settings.coder_admin_username, "email": settings.coder_admin_email, "trial": False}
     if settings.coder_setup_token:
         details["setup_token"] = "set"
-    return [Action("create-first-user", f"user/{settings.coder_admin_username}", "coderd has no users yet", details)]
+    return Plan((Action("create-first-user", f"user/{settings.coder_admin_username}", "coderd has no users yet", details),))
 
 
 def first_user_problems(settings: BootstrapSettings) -> list[str]:
@@ -59,26 +63,22 @@ def first_user_body(settings: BootstrapSettings) -> dict[str, Any]:
     return body
 
 
-def _refused_for_setup_token(err: CoderAPIError) -> bool:
-    text = f"{err.message} {err.detail}".lower()
-    return err.status in (400, 401, 403) and ("setup token" in text or "setup_token" in text or "setup_token" in err.field_names())
-
-
-def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any) -> bool:
-    """True when we created the user, False when someone else had (409, or the race's 500)."""
+def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any) -> None:
+    """Raises ConcurrentChange when another run created the first user meanwhile (409, or the race's 500):
+    the next pass reads that and verifies the credentials instead."""
     try:
         created = client.create_first_user(first_user_body(settings))
     except CoderAPIError as err:
         if err.status == 409:
             log.info("another run created the first user first", username=settings.coder_admin_username)
-            return False
+            raise ConcurrentChange("another run created the first user first") from None
         # Two calls at the same instant both pass coderd's 409 check; the loser's insert hits a
         # unique index and answers 500 (BEHAVIOR.md §11). A first user existing now means that.
         if err.status == 500 and client.first_user_exists():
             log.info("another run created the first user first", username=settings.coder_admin_username,
                      answer=err.describe())
-            return False
-        if _refused_for_setup_token(err):
+            raise ConcurrentChange("another run created the first user first") from None
+        if refused_for_setup_token(err):
             hint = "CODER_SETUP_TOKEN is set but coderd rejected it" if settings.coder_setup_token else "set CODER_SETUP_TOKEN"
             raise JobError(f"coderd refused to create the first user without a valid setup token ({hint}): {err.describe()}") from None
         if err.status == 400:
@@ -86,7 +86,6 @@ def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any
         raise
     log.info("created the first user", user_id=created.get("user_id"), organization_id=created.get("organization_id"),
              username=settings.coder_admin_username)
-    return True
 
 
 def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: Any) -> None:
@@ -104,27 +103,22 @@ def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: An
     log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)
 
 
-def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> list[Action]:
-    return retry_transient(lambda: _converge_once(client, settings, ctx), deadline_s=settings.coder_ready_timeout,
-                           log=ctx.log, what="first user")
+def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan:
+    return retry.replan(lambda: _converge_once(client, settings, ctx), transient=is_transient,
+                        deadline=settings.coder_ready_timeout, log=ctx.log, what="first user")
 
 
-def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> list[Action]:
-    actions = plan(client.first_user_exists(), settings)
-    if any(a.kind == "create-first-user" for a in actions):
-        problems = first_user_problems(settings)
-        if problems:
-            raise ConfigError("coderd would refuse to create the first user", problems)
-    log_plan(ctx.log, actions, ctx.dry_run)
+def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan:
+    p = plan(client.first_user_exists(), settings)
+    log_plan(ctx.log, p, ctx.dry_run)
     if ctx.dry_run:
-        return actions
-    for action in actions:
+        return p
+    for action in p:
         if action.kind == "create-first-user":
-            if not create_first_user(client, settings, ctx.log):
-                verify_credentials(client, settings, ctx.log)
+            create_first_user(client, settings, ctx.log)
         elif action.kind == "verify-credentials":
             verify_credentials(client, settings, ctx.log)
-    return actions
+    return p
 
 
 def run(settings: BootstrapSettings, ctx: RunContext) -> int:

@@ -17,24 +17,15 @@ is closed, whatever the outcome of the run. A CODER_SESSION_TOKEN is the operato
 from __future__ import annotations
 
 import email.utils
-import random
+import re
 import time
 from datetime import datetime, timezone
 from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 from pydantic import BaseModel
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_exception,
-    retry_if_exception_type,
-    stop_after_attempt,
-    stop_before_delay,
-    wait_exponential_jitter,
-)
 
-from jobs import __version__
+from jobs import __version__, retry
 from jobs.errors import (CoderAPIError, CoderUnavailable, JobError, connection_cause, credentials_rejected_message,
                          token_rejected_message, unreachable_message, what_to_check)
 from jobs.log import get_logger
@@ -45,7 +36,6 @@ from jobs.models import (
     Template,
     TemplateVersion,
     TemplateVersionVariable,
-    User,
     Workspace,
     WorkspaceBuild,
 )
@@ -53,28 +43,76 @@ from jobs.models import (
 M = TypeVar("M", bound=BaseModel)
 
 RETRYABLE_STATUS = {502, 503, 504}
+READINESS_PROBE_TIMEOUT_S = 5.0
+
+# -- what coderd's answers mean: its texts are matched here and nowhere else -------------
 _SIGNED_OUT = "You are signed out or your session has expired"
 _DB_OUTAGE = "An internal error occurred"
+_NOT_CONFIGURED = re.compile(r'external auth provider "([^"]+)" is not configured')
 
 
+def _text(err: CoderAPIError) -> str:
+    return f"{err.message} {err.detail}".lower()
+
+
+def is_unparsable_template(err: CoderAPIError) -> bool:
+    """coderd answers 500 when it cannot parse a template's workspace tags: the same upload
+    fails the same way every time."""
+    return err.status == 500 and "workspace tags" in _text(err)
+
+
+def is_transient(err: BaseException) -> bool:
+    """A 5xx worth reading the state again for; not the ones that repeat deterministically."""
+    if not isinstance(err, CoderAPIError) or err.status < 500:
+        return False
+    return "unauthorized" not in _text(err) and not is_unparsable_template(err)
+
+
+def refused_for_setup_token(err: CoderAPIError) -> bool:
+    """Newer coderd releases refuse the first user without a valid setup token."""
+    text = _text(err)
+    return err.status in (400, 401, 403) and (
+        "setup token" in text or "setup_token" in text or "setup_token" in err.field_names())
+
+
+def unconfigured_external_auth(job_error: str) -> list[str]:
+    """Provider ids a failed template import names as not configured on coderd."""
+    return _NOT_CONFIGURED.findall(job_error)
+
+
+# -- the transport -----------------------------------------------------------------------
 class _Transient(Exception):
+    """Worth repeating the same request; `retry_after` (seconds) when coderd said when."""
+
     def __init__(self, cause: str, retry_after: float | None = None) -> None:
         super().__init__(cause)
         self.retry_after = retry_after
 
 
+class _NotReady(Exception):
+    """coderd did not answer its build info yet."""
+
+
+def _http_date(value: str | None) -> datetime | None:
+    """An HTTP-date header value (Date, Retry-After) in UTC, None when absent or malformed."""
+    if not value:
+        return None
+    try:
+        return email.utils.parsedate_to_datetime(value).astimezone(timezone.utc)
+    except (TypeError, ValueError):
+        return None
+
+
 def _retry_after_seconds(value: str | None, now: float) -> float | None:
+    """Retry-After is either delay-seconds or an HTTP-date."""
     if not value:
         return None
     try:
         return max(0.0, float(value))
     except ValueError:
         pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    return max(0.0, when.timestamp() - now)
+    when = _http_date(value)
+    return None if when is None else max(0.0, when.timestamp() - now)
 
 
 def error_from_response(method: str, path: str, response: httpx.Response) -> CoderAPIError:
@@ -113,8 +151,7 @@ class CoderClient:
         self._owns_session = False  # the token came from our own password login: revoke it on close
         self.ready_timeout = ready_timeout
         self._sleep = sleep
-        self.server_date: datetime | None = None
-        self.request_count = 0
+        self.server_date: datetime | None = None  # coderd's clock, from the latest response's Date header
         self._http = httpx.Client(
             base_url=self.url,
             timeout=httpx.Timeout(request_timeout, connect=min(5.0, request_timeout)),
@@ -155,42 +192,37 @@ class CoderClient:
         """Send one request with the retry policy above; raise CoderAPIError unless status in `ok`.
         Retries stop after `deadline` seconds (default: CODER_READY_TIMEOUT)."""
         safe = method in {"GET", "HEAD"} if safe is None else safe
-        relogged = False
-        while True:
-            response = self._send_with_retries(method, path, json, params, content, headers, auth, safe,
-                                               self.ready_timeout if deadline is None else deadline)
-            if response.status_code == 401 and auth and not relogged and self._can_login() and self._is_signed_out(response):
-                self.log.info("session rejected, logging in again", path=path)
-                self._token = None
-                self.login()
-                relogged = True
-                continue
-            if response.status_code == 401 and auth and not self._can_login() and _DB_OUTAGE not in response.text:
-                raise JobError(token_rejected_message(self.url, error_from_response(method, path, response).message or "HTTP 401"))
-            if response.status_code not in ok:
-                raise error_from_response(method, path, response)
-            return response
+        deadline = self.ready_timeout if deadline is None else deadline
+        response = self._send_with_retries(method, path, json, params, content, headers, auth, safe, deadline)
+        if response.status_code == 401 and auth and self._can_login() and _SIGNED_OUT in response.text:
+            # Once: a session rejected right after a fresh login is an answer, not a stale token.
+            self.log.info("session rejected, logging in again", path=path)
+            self._token = None
+            self.login()
+            response = self._send_with_retries(method, path, json, params, content, headers, auth, safe, deadline)
+        if response.status_code == 401 and auth and not self._can_login() and _DB_OUTAGE not in response.text:
+            raise JobError(token_rejected_message(self.url, error_from_response(method, path, response).message or "HTTP 401"))
+        if response.status_code not in ok:
+            raise error_from_response(method, path, response)
+        return response
 
-    def _send_with_retries(self, method, path, json, params, content, headers, auth, safe, deadline) -> httpx.Response:
-        retrying = Retrying(
-            stop=stop_before_delay(deadline),
-            wait=self._wait,
-            retry=retry_if_exception_type(_Transient),
-            sleep=self._sleep,
-            reraise=True,
-            before_sleep=self._before_sleep(method, path),
-        )
+    def _send_with_retries(self, method: str, path: str, json: Any, params: dict[str, Any] | None,
+                           content: bytes | None, headers: dict[str, str] | None, auth: bool, safe: bool,
+                           deadline: float) -> httpx.Response:
+        def log_retry(error: BaseException, attempt: int, wait: float) -> None:
+            self.log.warning("retrying", method=method, path=path, cause=str(error), attempt=attempt, wait_s=round(wait, 2))
+
         try:
-            for attempt in retrying:
-                with attempt:
-                    return self._send_once(method, path, json, params, content, headers, auth, safe)
+            return retry.call(lambda: self._send_once(method, path, json, params, content, headers, auth, safe),
+                              retry=lambda e: isinstance(e, _Transient), deadline=deadline, sleep=self._sleep,
+                              on_retry=log_retry)
         except _Transient as exc:
             raise CoderUnavailable(
                 f"{method} {path} at {self.url} kept failing for {deadline:g}s (CODER_READY_TIMEOUT): {exc}{what_to_check(str(exc))}"
             ) from None
-        raise AssertionError("unreachable")  # pragma: no cover
 
-    def _send_once(self, method, path, json, params, content, headers, auth, safe) -> httpx.Response:
+    def _send_once(self, method: str, path: str, json: Any, params: dict[str, Any] | None, content: bytes | None,
+                   headers: dict[str, str] | None, auth: bool, safe: bool) -> httpx.Response:
         if auth and not self._token:
             self.login()
         all_headers = dict(headers or {})
@@ -198,7 +230,6 @@ class CoderClient:
             all_headers["Coder-Session-Token"] = self._token
         # No cookie jar: coderd's CSRF check rejects a login cookie next to another token.
         self._http.cookies.clear()
-        self.request_count += 1
         try:
             response = self._http.request(method, path, json=json, params=params, content=content, headers=all_headers)
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
@@ -221,32 +252,10 @@ class CoderClient:
             raise _Transient("HTTP 401 caused by a coderd database error")
         return response
 
-    def _wait(self, state: RetryCallState) -> float:
-        backoff = wait_exponential_jitter(multiplier=0.25, max=8.0, jitter=0.5)(state)
-        exc = state.outcome.exception() if state.outcome else None
-        if isinstance(exc, _Transient) and exc.retry_after is not None:
-            return max(exc.retry_after, 0.05)
-        return backoff
-
-    def _before_sleep(self, method: str, path: str) -> Callable[[RetryCallState], None]:
-        def log(state: RetryCallState) -> None:
-            exc = state.outcome.exception() if state.outcome else None
-            wait = state.next_action.sleep if state.next_action else 0
-            self.log.warning("retrying", method=method, path=path, cause=str(exc), attempt=state.attempt_number, wait_s=round(wait, 2))
-
-        return log
-
     def _note_date(self, response: httpx.Response) -> None:
-        date = response.headers.get("Date")
-        if date:
-            try:
-                self.server_date = email.utils.parsedate_to_datetime(date).astimezone(timezone.utc)
-            except (TypeError, ValueError):
-                pass
-
-    @staticmethod
-    def _is_signed_out(response: httpx.Response) -> bool:
-        return _SIGNED_OUT in response.text
+        date = _http_date(response.headers.get("Date"))
+        if date is not None:
+            self.server_date = date
 
     def _can_login(self) -> bool:
         return bool(self._email and self._password)
@@ -259,33 +268,40 @@ class CoderClient:
 
     # -- readiness and auth --------------------------------------------------
     def wait_ready(self) -> BuildInfo:
-        """Poll until coderd answers, exponential backoff with jitter, up to ready_timeout."""
-        deadline = time.monotonic() + self.ready_timeout
-        attempt, last = 0, "no answer yet"
-        while True:
+        """Poll until coderd answers its build info, up to ready_timeout (the last attempt at it)."""
+        started = time.monotonic()
+        attempts = 0
+
+        def probe() -> BuildInfo:
+            nonlocal attempts
+            attempts += 1
             try:
-                response = self._http.get("/api/v2/buildinfo", timeout=httpx.Timeout(5.0))
-                self._note_date(response)
-                if response.status_code == 200 and response.headers.get("X-Coder-Build-Version") is not None:
-                    info = BuildInfo.model_validate(response.json())
-                    if attempt:
-                        self.log.info("coderd is ready", url=self.url, version=info.version, attempts=attempt + 1)
-                    return info
-                last = f"HTTP {response.status_code}"
-                if response.status_code == 404:
-                    last += " without X-Coder-Build-Version (is this a Coder server?)"
+                response = self._http.get("/api/v2/buildinfo", timeout=httpx.Timeout(READINESS_PROBE_TIMEOUT_S))
             except httpx.TransportError as exc:
-                last = connection_cause(exc)
-            except ValueError:
-                last = "buildinfo was not JSON"
-            attempt += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise CoderUnavailable(unreachable_message(self.url, self.ready_timeout, last))
-            delay = min(8.0, 0.25 * 2 ** min(attempt, 6)) * (0.5 + random.random())
+                raise _NotReady(connection_cause(exc)) from None
+            self._note_date(response)
+            if response.status_code == 200 and response.headers.get("X-Coder-Build-Version") is not None:
+                try:
+                    return BuildInfo.model_validate(response.json())
+                except ValueError:
+                    raise _NotReady("buildinfo was not JSON") from None
+            if response.status_code == 404:
+                raise _NotReady(f"HTTP {response.status_code} without X-Coder-Build-Version (is this a Coder server?)")
+            raise _NotReady(f"HTTP {response.status_code}")
+
+        def log_wait(error: BaseException, attempt: int, wait: float) -> None:
             if attempt == 1 or attempt % 5 == 0:
-                self.log.info("waiting for coderd", url=self.url, last_error=last, remaining_s=round(remaining, 1))
-            self._sleep(min(delay, max(remaining, 0.01)))
+                remaining = self.ready_timeout - (time.monotonic() - started)
+                self.log.info("waiting for coderd", url=self.url, last_error=str(error), remaining_s=round(remaining, 1))
+
+        try:
+            info = retry.call(probe, retry=lambda e: isinstance(e, _NotReady), deadline=self.ready_timeout,
+                              reach_deadline=True, sleep=self._sleep, on_retry=log_wait)
+        except _NotReady as exc:
+            raise CoderUnavailable(unreachable_message(self.url, self.ready_timeout, str(exc))) from None
+        if attempts > 1:
+            self.log.info("coderd is ready", url=self.url, version=info.version, attempts=attempts)
+        return info
 
     def adopt_login(self, token: str) -> None:
         """A session from a password login made elsewhere (bootstrap-admin's check): later steps
@@ -307,15 +323,11 @@ class CoderClient:
             self._token, self._owns_session = None, False
         deadline = min(self.ready_timeout, 10.0)
         # Safe to repeat, even after a 500: a second logout of the same key answers 401 (done).
-        retrying = Retrying(stop=stop_after_attempt(4) | stop_before_delay(deadline),
-                            wait=wait_exponential_jitter(multiplier=0.1, max=2.0),
-                            retry=retry_if_exception(lambda e: isinstance(e, CoderAPIError) and e.status >= 500),
-                            sleep=self._sleep, reraise=True)
         try:
-            for attempt in retrying:
-                with attempt:
-                    self.request("POST", "/api/v2/users/logout", headers={"Coder-Session-Token": token}, auth=False,
-                                 safe=True, ok=(200, 401), deadline=deadline)
+            retry.call(lambda: self.request("POST", "/api/v2/users/logout", headers={"Coder-Session-Token": token},
+                                            auth=False, safe=True, ok=(200, 401), deadline=deadline),
+                       retry=lambda e: isinstance(e, CoderAPIError) and e.status >= 500, attempts=4, deadline=deadline,
+                       initial=0.1, maximum=2.0, jitter=1.0, sleep=self._sleep)
         except JobError as err:
             self.log.warning("could not revoke the login session; coderd keeps it until it expires", cause=str(err))
 
@@ -359,9 +371,6 @@ class CoderClient:
         ids = [p.get("id") if isinstance(p, dict) else p for p in (body.get("providers") or [])]
         return [i for i in ids if isinstance(i, str)]
 
-    def me(self) -> User:
-        return self.get("/api/v2/users/me", User)
-
     def organization(self, name: str) -> Organization:
         return self.get(f"/api/v2/organizations/{name}", Organization)
 
@@ -382,10 +391,6 @@ class CoderClient:
 
     def template_version(self, version_id: str) -> TemplateVersion:
         return self.get(f"/api/v2/templateversions/{version_id}", TemplateVersion)
-
-    def template_version_by_name(self, template_id: str, name: str) -> TemplateVersion | None:
-        response = self.request("GET", f"/api/v2/templates/{template_id}/versions/{name}", ok=(200, 404))
-        return None if response.status_code == 404 else TemplateVersion.model_validate(response.json())
 
     def template_versions(self, template_id: str) -> list[TemplateVersion]:
         return self.get_list(f"/api/v2/templates/{template_id}/versions", TemplateVersion)
@@ -420,12 +425,8 @@ class CoderClient:
         return response.status_code == 200
 
     # -- workspaces ----------------------------------------------------------
-    def workspaces_page(self, q: str, limit: int, offset: int) -> tuple[list[Workspace], int]:
-        body = self.request("GET", "/api/v2/workspaces", params={"q": q, "limit": limit, "offset": offset}).json()
-        return [Workspace.model_validate(w) for w in body.get("workspaces") or []], int(body.get("count") or 0)
-
-    def iter_workspaces(self, q: str, page_size: int = 500) -> Iterator[Workspace]:
-        """Every workspace matching q, one page in memory at a time.
+    def workspace_pages(self, q: str, page_size: int = 500) -> Iterator[list[Workspace]]:
+        """Every workspace matching q, one page (one request) at a time.
 
         coderd's order shifts while workspaces change state (BEHAVIOR.md §7): a row can move
         across a page boundary between two requests. Callers read everything before acting,
@@ -433,11 +434,18 @@ class CoderClient:
         """
         offset = 0
         while True:
-            page, count = self.workspaces_page(q, page_size, offset)
-            yield from page
+            body = self.request("GET", "/api/v2/workspaces", params={"q": q, "limit": page_size, "offset": offset}).json()
+            page = [Workspace.model_validate(w) for w in body.get("workspaces") or []]
+            count = int(body.get("count") or 0)
+            yield page
             offset += len(page)
             if not page or offset >= count:
                 return
+
+    def workspace(self, workspace_id: str) -> Workspace | None:
+        """One workspace read afresh; None when it is gone (404, or 410 once deleted)."""
+        response = self.request("GET", f"/api/v2/workspaces/{workspace_id}", ok=(200, 404, 410))
+        return Workspace.model_validate(response.json()) if response.status_code == 200 else None
 
     def stop_workspace(self, workspace_id: str) -> WorkspaceBuild:
         # Not repeated on a lost answer: a second stop would queue another build.

@@ -12,39 +12,47 @@ from jobs.coder import client_from_settings
 from jobs.context import RunContext
 from jobs.errors import EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError
 from jobs.log import summary
-from jobs.plan import Action
+from jobs.plan import Plan, report
 from jobs.settings import DoctorSettings
-from jobs.template_source import load_templates
+from jobs.template_source import LocalTemplate, load_templates
+
+
+def drift(local: LocalTemplate, remote: republish.RemoteTemplate, configured: list[str] | None) -> Plan:
+    """What republish-templates would change, and the external auth providers the template needs
+    that coderd lacks (`configured` is None when the template needs none). Pure."""
+    found = [report("drift", a.target, f"{a.kind}: {a.reason}", a.details, warn=True)
+             for a in republish.plan(local, remote) if a.writes]
+    missing = republish.missing_providers(local, configured) if configured is not None else []
+    if missing:
+        found.append(report("drift", f"template/{local.name}", republish.external_auth_message(
+            local.name, missing, configured, written="nothing can be built from it"),
+            {"missing_external_auth": missing}, warn=True))
+    return Plan(tuple(found))
 
 
 def run(settings: DoctorSettings, ctx: RunContext) -> int:
     templates = load_templates(settings.templates_dir, settings.template_names())
-    drift: list[Action] = []
+    found = Plan()
     with client_from_settings(settings) as client:
         client.wait_ready()
         if not client.first_user_exists():
-            drift.append(Action("drift", "user/first", "coderd has no first user (run recover)"))
-            drift += [Action("drift", f"template/{t.name}", "cannot be checked before the first user exists") for t in templates]
+            found = Plan((report("drift", "user/first", "coderd has no first user (run recover)", warn=True),) + tuple(
+                report("drift", f"template/{t.name}", "cannot be checked before the first user exists", warn=True)
+                for t in templates))
         else:
             preflight = republish.Preflight(client, settings.coder_organization)
             for local in templates:
                 try:
                     remote = republish.observe(client, settings.coder_organization, local, read_values=True)
                 except CoderAPIError as err:
-                    drift.append(Action("drift", f"template/{local.name}", f"cannot read it: {err.describe()}"))
+                    found += Plan((report("drift", f"template/{local.name}", f"cannot read it: {err.describe()}",
+                                          warn=True),))
                     continue
                 if remote.template is None:
                     preflight.require_organization()  # exit 2 when CODER_ORGANIZATION is wrong
-                for action in republish.plan(local, remote):
-                    if action.kind != "nothing":
-                        drift.append(Action("drift", action.target, f"{action.kind}: {action.reason}", action.details))
-                missing = republish.missing_providers(local, preflight.providers()) if local.external_auth else []
-                if missing:
-                    drift.append(Action("drift", f"template/{local.name}", republish.external_auth_message(
-                        local.name, missing, preflight.providers(), written="nothing can be built from it"),
-                        {"missing_external_auth": missing}))
-    for action in drift:
+                found += drift(local, remote, preflight.providers() if local.external_auth else None)
+    for action in found:
         ctx.log.warning(f"drift {action.target}", reason=action.reason, **action.details)
-    summary(ctx.log, checked=1 + len(templates), changed=0, columns={"drift": len(drift)}, healthy=not drift,
+    summary(ctx.log, checked=1 + len(templates), changed=0, columns={"drift": len(found)}, healthy=not found,
             templates=[t.name for t in templates])
-    return EXIT_NOT_CONVERGED if drift else EXIT_OK
+    return EXIT_NOT_CONVERGED if found else EXIT_OK

@@ -155,3 +155,8 @@ def token_rejected_message(url: str, coderd_said: str) -> str:
     return (f"coderd at {url} refused CODER_SESSION_TOKEN (coderd: {coderd_said}): it expired, was revoked, or "
             "belongs to a database that was reset. Create a new token (`coder tokens create`) and put it in the "
             f"Secret, or unset it so the jobs log in with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (see {RUNBOOK_CREDENTIALS})")
+
+
+class ConcurrentChange(JobError):
+    """Someone else changed what a job read before its write landed (a 409 on a create, a stale
+    resourceVersion): the job reads the state again and plans again (jobs.retry)."""

@@ -7,9 +7,10 @@ Error policy, shared by every helper:
 * an `ApiException` becomes a `KubeAPIError` (a `JobError`, exit 1) carrying the HTTP status, the
   Status `reason` and the Status `message` from the response. Never the request body (it may hold
   Secret data), never the raw response body or headers;
-* safe reads (GET/list) are retried a few times on connection errors and 5xx, with backoff;
-  writes are never retried here. urllib3 itself (the client's default `Retry(3)`) still repeats
-  GET/PUT/DELETE on 429/503 carrying Retry-After and re-tries failed connects: both are safe;
+* safe reads (GET/list) are retried a few times on connection errors and 5xx, with backoff
+  (jobs.retry); writes are never retried here, except after a 429 (below). urllib3 itself (the
+  client's default `Retry(3)`) still repeats GET/PUT/DELETE on 429/503 carrying Retry-After and
+  re-tries failed connects: both are safe;
 * a 409 on a write is a `KubeConflict`: the caller re-reads and re-plans (optimistic concurrency);
 * reads answer None on 404; `delete_pod` answers False on 404.
 """
@@ -19,10 +20,9 @@ from __future__ import annotations
 import base64
 import json
 import os
-import random
 import socket
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, TypeVar
@@ -32,7 +32,9 @@ from kubernetes import client as k8s
 from kubernetes import config as kconfig
 from kubernetes.client.rest import ApiException
 from kubernetes.config.config_exception import ConfigException
+from kubernetes.utils import parse_quantity
 
+from jobs import retry
 from jobs.errors import ConfigError, JobError
 from jobs.log import get_logger
 
@@ -41,10 +43,14 @@ T = TypeVar("T")
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 COMPONENT = "coder-jobs"
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds for one request; the client has none by default
-READ_ATTEMPTS = 4
+READ_ATTEMPTS = 4  # for a read, and for waiting out 429s on any request
 READ_BACKOFF_S = 0.5  # 0.5, 1, 2 s (+ jitter) between read attempts
 
 MERGE_PATCH = "application/merge-patch+json"
+
+# The client's types, for modules that hold them but never import `kubernetes` themselves.
+ApiClient = k8s.ApiClient
+Secret = k8s.V1Secret
 
 
 # ---------------------------------------------------------------------------- errors
@@ -53,11 +59,13 @@ MERGE_PATCH = "application/merge-patch+json"
 class KubeAPIError(JobError):
     """A Kubernetes API call failed. `status` is None when the API server could not be reached."""
 
-    def __init__(self, what: str, status: int | None, reason: str = "", message: str = "") -> None:
+    def __init__(self, what: str, status: int | None, reason: str = "", message: str = "",
+                 retry_after: float | None = None) -> None:
         self.what = what
         self.status = status
         self.reason = reason
         self.message = message
+        self.retry_after = retry_after  # seconds the API server asked us to wait (429)
         super().__init__(self.describe())
 
     def describe(self) -> str:
@@ -113,28 +121,32 @@ def _call(what: str, fn: Callable[..., T], *args: Any, safe_read: bool = False, 
     A 429 is waited out (Retry-After) for any verb: API Priority and Fairness rejects the request
     before handling it, and urllib3 only repeats GET/PUT/DELETE, so a throttled create or patch
     would otherwise fail the job."""
-    attempts = READ_ATTEMPTS if safe_read else 1
-    attempt = throttled = 0
-    while True:
-        attempt += 1
+
+    def once() -> T:
         try:
             return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
         except ApiException as exc:
             err = from_api_exception(exc, what)
-            if err.status == 429 and throttled < READ_ATTEMPTS:
-                throttled, attempt, wait = throttled + 1, attempt - 1, _retry_after_s(exc)
-                get_logger().warning("Kubernetes API is throttling; waiting as asked", what=what, retry_in_s=wait)
-                time.sleep(wait)
-                continue
+            if err.status == 429:
+                err.retry_after = _retry_after_s(exc)
+            raise err from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # MaxRetryError names host, port and path; nothing secret. Keep it short.
-            err = KubeAPIError(what, None, "", f"cannot reach the Kubernetes API: {type(exc).__name__}: {str(exc)[:300]}")
-        if attempt >= attempts or not err.retryable:
-            raise err from None
-        delay = READ_BACKOFF_S * 2 ** (attempt - 1) * (1 + random.random() / 4)
-        get_logger().warning("Kubernetes read failed; retrying", what=what, status=err.status, attempt=attempt,
-                             retry_in_s=round(delay, 2))
-        time.sleep(delay)
+            raise KubeAPIError(what, None, "",
+                               f"cannot reach the Kubernetes API: {type(exc).__name__}: {str(exc)[:300]}") from None
+
+    def worth_repeating(err: BaseException) -> bool:
+        return isinstance(err, KubeAPIError) and (err.status == 429 or (safe_read and err.retryable))
+
+    def log_retry(err: BaseException, attempt: int, wait: float) -> None:
+        if isinstance(err, KubeAPIError) and err.status == 429:
+            get_logger().warning("Kubernetes API is throttling; waiting as asked", what=what, retry_in_s=wait)
+        else:
+            get_logger().warning("Kubernetes read failed; retrying", what=what, status=getattr(err, "status", None),
+                                 attempt=attempt, retry_in_s=round(wait, 2))
+
+    return retry.call(once, retry=worth_repeating, attempts=READ_ATTEMPTS, initial=READ_BACKOFF_S,
+                      maximum=READ_BACKOFF_S * 2 ** READ_ATTEMPTS, jitter=READ_BACKOFF_S / 4, on_retry=log_retry)
 
 
 # ---------------------------------------------------------------------------- client and namespace
@@ -172,9 +184,9 @@ def current_namespace(explicit: str | None = None) -> str:
         pass
     try:
         _contexts, active = kconfig.list_kube_config_contexts(config_file=_kubeconfig_path())
-        ns = ((active or {}).get("context") or {}).get("namespace")
-        if ns:
-            return str(ns)
+        context_ns = ((active or {}).get("context") or {}).get("namespace")
+        if context_ns:
+            return str(context_ns)
     except Exception:  # no kubeconfig, bad YAML: we only wanted a hint
         pass
     raise ConfigError("cannot tell which namespace to use", [
@@ -186,13 +198,14 @@ def current_namespace(explicit: str | None = None) -> str:
 
 
 def _name_of(body: Any) -> str:
-    meta = body.get("metadata") if isinstance(body, dict) else body.metadata
-    return (meta.get("name") if isinstance(meta, dict) else meta.name) or ""
+    meta = (body.get("metadata") if isinstance(body, dict) else body.metadata) or {}
+    return str((meta.get("name") if isinstance(meta, dict) else meta.name) or "")
 
 
 def _resource_version_of(body: Any) -> str | None:
-    meta = body.get("metadata") if isinstance(body, dict) else body.metadata
-    return meta.get("resourceVersion") if isinstance(meta, dict) else meta.resource_version
+    meta = (body.get("metadata") if isinstance(body, dict) else body.metadata) or {}
+    version = meta.get("resourceVersion") if isinstance(meta, dict) else meta.resource_version
+    return str(version) if version else None
 
 
 def read_secret(api: k8s.ApiClient, ns: str, name: str) -> k8s.V1Secret | None:
@@ -205,6 +218,29 @@ def read_secret(api: k8s.ApiClient, ns: str, name: str) -> k8s.V1Secret | None:
 def secret_data(secret: k8s.V1Secret) -> dict[str, bytes]:
     """A Secret's data, base64-decoded."""
     return {k: base64.b64decode(v or "") for k, v in (secret.data or {}).items()}
+
+
+def new_secret(ns: str, name: str, data: Mapping[str, str], labels: Mapping[str, str],
+               annotations: Mapping[str, str]) -> k8s.V1Secret:
+    """An Opaque Secret to create; `data` values already base64-encoded."""
+    return k8s.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=dict(data),
+                        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=dict(labels),
+                                                  annotations=dict(annotations)))
+
+
+def with_content(secret: k8s.V1Secret, *, data: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                 annotations: Mapping[str, str] | None = None) -> k8s.V1Secret:
+    """`secret` as it was read, with new data (base64), labels or annotations: its ownerReferences,
+    finalizers and type survive, and its resourceVersion makes the replace conditional."""
+    meta = secret.metadata or k8s.V1ObjectMeta()
+    if data is not None:
+        secret.data, secret.string_data = dict(data), None
+    if labels is not None:
+        meta.labels = dict(labels)
+    if annotations is not None:
+        meta.annotations = dict(annotations)
+    secret.metadata = meta
+    return secret
 
 
 def create_secret(api: k8s.ApiClient, ns: str, body: k8s.V1Secret | Mapping[str, Any]) -> k8s.V1Secret:
@@ -313,37 +349,55 @@ def record_event(api: k8s.ApiClient, involved: ObjectRef, reason: str, message: 
 LIST_RESTARTS = 3
 
 
-def _list_labelled(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int) -> Iterator[Any]:
+def _paged(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int,
+           read_page: Callable[[Any], tuple[list[Any], str | None]], uid_of: Callable[[Any], str | None],
+           **extra: Any) -> Iterator[Any]:
     """Every object matching the selector, a page at a time (limit/continue). A continue token
     can expire between pages (410 Expired, once etcd has compacted past it); the API's answer to
     that is to list again from the start, so we do, and skip what was already yielded."""
-    token: str | None = None
+    description = f"list {what} in {ns} ({label_selector})"
     yielded: set[str] = set()
-    restarts = 0
-    while True:
-        kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size}
-        if token:
-            kwargs["_continue"] = token
-        try:
-            page = _call(f"list {what} in {ns} ({label_selector})", lister, ns, safe_read=True, **kwargs)
-        except KubeAPIError as err:
-            if err.status != 410 or not token or restarts >= LIST_RESTARTS:
-                raise
-            restarts += 1
-            get_logger().warning("Kubernetes list continue token expired; listing again from the start",
-                                 what=what, namespace=ns, restart=restarts)
-            token = None
-            continue
-        for item in page.items or []:
-            uid = item.metadata.uid if item.metadata else None
-            if uid in yielded:
-                continue
-            if uid:
-                yielded.add(uid)
-            yield item
-        token = page.metadata._continue if page.metadata else None
-        if not token:
-            return
+    sent_token = False  # a 410 on the first page is not an expired token: never listed again
+
+    def listing() -> Iterator[Any]:
+        nonlocal sent_token
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size, **extra}
+            if token:
+                kwargs["_continue"] = token
+            sent_token = bool(token)
+            items, token = read_page(_call(description, lister, ns, safe_read=True, **kwargs))
+            for item in items:
+                uid = uid_of(item)
+                if uid not in yielded:
+                    if uid:
+                        yielded.add(uid)
+                    yield item
+            if not token:
+                return
+
+    def expired(err: BaseException) -> bool:
+        return isinstance(err, KubeAPIError) and err.status == 410 and sent_token
+
+    def log_restart(_err: BaseException, attempt: int, _wait: float) -> None:
+        get_logger().warning("Kubernetes list continue token expired; listing again from the start",
+                             what=what, namespace=ns, restart=attempt)
+
+    yield from retry.restarting(listing, retry=expired, attempts=LIST_RESTARTS + 1, initial=0.0, maximum=0.0,
+                                jitter=0.0, on_retry=log_restart)
+
+
+def _model_page(page: Any) -> tuple[list[Any], str | None]:
+    return list(page.items or []), (page.metadata._continue if page.metadata else None)
+
+
+def _model_uid(item: Any) -> str | None:
+    return item.metadata.uid if item.metadata else None
+
+
+def _list_labelled(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int) -> Iterator[Any]:
+    return _paged(what, lister, ns, label_selector, page_size, _model_page, _model_uid)
 
 
 def list_pods(api: k8s.ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[k8s.V1Pod]:
@@ -358,6 +412,36 @@ def list_deployments(api: k8s.ApiClient, ns: str, label_selector: str, page_size
 def list_resource_quotas(api: k8s.ApiClient, ns: str) -> list[k8s.V1ResourceQuota]:
     return list(_call(f"list ResourceQuotas in {ns}", k8s.CoreV1Api(api).list_namespaced_resource_quota, ns,
                       safe_read=True).items or [])
+
+
+@dataclass(frozen=True)
+class QuotaUsage:
+    """One resource of one ResourceQuota: used against hard, as the API server last counted."""
+
+    namespace: str
+    name: str
+    resource: str
+    used: str
+    hard: str
+    ratio: float  # used / hard; 1.0 for anything used against a hard limit of 0
+
+
+def quota_usage(quotas: list[k8s.V1ResourceQuota]) -> list[QuotaUsage]:
+    """Every resource with a hard limit, sorted by resource; quantities that do not parse are left out."""
+    out: list[QuotaUsage] = []
+    for rq in quotas:
+        hard = (rq.status.hard if rq.status else None) or {}
+        used = (rq.status.used if rq.status else None) or {}
+        meta = rq.metadata or k8s.V1ObjectMeta()
+        for resource in sorted(hard):
+            try:
+                h, u = parse_quantity(hard[resource]), parse_quantity(used.get(resource, "0"))
+            except ValueError:
+                continue
+            ratio = float(u / h) if h else (1.0 if u else 0.0)
+            out.append(QuotaUsage(meta.namespace or "", meta.name or "", resource, str(used.get(resource, "0")),
+                                  str(hard[resource]), ratio))
+    return out
 
 
 def _delete(what: str, deleter: Callable[..., Any], ns: str, name: str, uid: str | None) -> bool:
@@ -393,27 +477,29 @@ class ObjectMetadata:
     name: str
     uid: str | None
     labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    resource_version: str = ""
+
+
+def metadata_of(obj: Any) -> ObjectMetadata:
+    """The metadata of a client model (V1Secret, V1Pod, V1Deployment, ...)."""
+    meta = obj.metadata or k8s.V1ObjectMeta()
+    return ObjectMetadata(meta.name or "", meta.uid, dict(meta.labels or {}), dict(meta.annotations or {}),
+                          meta.resource_version or "")
+
+
+def _metadata_page(raw: Any) -> tuple[list[ObjectMetadata], str | None]:
+    page = json.loads(raw.data)  # _preload_content=False: the raw response, whatever the list's model
+    items = [item.get("metadata") or {} for item in page.get("items") or []]
+    return ([ObjectMetadata(m.get("name", ""), m.get("uid"), dict(m.get("labels") or {})) for m in items],
+            (page.get("metadata") or {}).get("continue") or None)
 
 
 def list_secret_metadata(api: k8s.ApiClient, ns: str, label_selector: str,
                          page_size: int = 500) -> Iterator[ObjectMetadata]:
     """Name, uid and labels of every Secret matching the selector, a page at a time; never its data."""
-    core = k8s.CoreV1Api(api)
-    token: str | None = None
-    while True:
-        kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size,
-                                  "_preload_content": False, "_headers": {"Accept": METADATA_ONLY}}
-        if token:
-            kwargs["_continue"] = token
-        raw = _call(f"list Secret metadata in {ns} ({label_selector})", core.list_namespaced_secret, ns,
-                    safe_read=True, **kwargs)
-        page = json.loads(raw.data)
-        for item in page.get("items") or []:
-            meta = item.get("metadata") or {}
-            yield ObjectMetadata(meta.get("name", ""), meta.get("uid"), dict(meta.get("labels") or {}))
-        token = (page.get("metadata") or {}).get("continue")
-        if not token:
-            return
+    return _paged("Secret metadata", k8s.CoreV1Api(api).list_namespaced_secret, ns, label_selector, page_size,
+                  _metadata_page, lambda meta: meta.uid, _preload_content=False, _headers={"Accept": METADATA_ONLY})
 
 
 def delete_secret(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict
 
 ZERO_TIME = datetime(1, 1, 1, tzinfo=timezone.utc)
 
@@ -17,36 +17,19 @@ class CoderModel(BaseModel):
 
 class BuildInfo(CoderModel):
     version: str = ""
-    external_url: str = ""
-    deployment_id: str = ""
-
-
-class User(CoderModel):
-    id: str
-    username: str
-    email: str = ""
-    name: str = ""
-    status: str = ""
-    login_type: str = ""
-    roles: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class Organization(CoderModel):
     id: str
     name: str
-    display_name: str = ""
-    is_default: bool = False
 
 
 class ProvisionerJob(CoderModel):
     id: str
     status: str
     error: str = ""
-    error_code: str = ""
     file_id: str = ""
-    created_at: datetime | None = None
     completed_at: datetime | None = None
-    tags: dict[str, str] = Field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -57,19 +40,13 @@ class TemplateVersion(CoderModel):
     id: str
     name: str = ""
     message: str = ""
-    template_id: str | None = None
-    organization_id: str = ""
-    archived: bool = False
-    created_at: datetime | None = None
     job: ProvisionerJob
 
 
 class TemplateVersionVariable(CoderModel):
     name: str
     value: str = ""  # `*redacted*` for a sensitive variable (BEHAVIOR.md §5)
-    default_value: str = ""
     sensitive: bool = False
-    required: bool = False
 
 
 class ProvisionerJobLog(CoderModel):
@@ -82,7 +59,6 @@ class ProvisionerJobLog(CoderModel):
 class Template(CoderModel):
     id: str
     name: str
-    organization_id: str = ""
     active_version_id: str
     display_name: str = ""
     description: str = ""
@@ -105,10 +81,8 @@ class Template(CoderModel):
 class WorkspaceBuild(CoderModel):
     id: str
     transition: str
-    status: str = ""
     build_number: int = 0
     job: ProvisionerJob
-    initiator_name: str = ""
 
 
 class Workspace(CoderModel):
@@ -117,7 +91,6 @@ class Workspace(CoderModel):
     owner_name: str
     owner_id: str = ""
     template_name: str = ""
-    template_id: str = ""
     last_used_at: datetime | None = None
     autostart_schedule: str | None = None
     dormant_at: datetime | None = None

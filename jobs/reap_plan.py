@@ -1,9 +1,11 @@
-"""The reaper's decisions, as pure functions over workspaces streamed from coderd.
+"""reap's plan: pure functions over what jobs/reap.py observed (coderd's workspaces, streamed,
+and the workspace namespace's objects), ending in one `Plan`.
 
 Memory stays flat in the number of workspaces: `Scan` sees one workspace at a time and
 keeps only per-owner counters and a bounded max-heap of the `max_stops` oldest idle
-workspaces. A candidate pushed out of the heap is reported as deferred right away, so every
-idle workspace is reported exactly once, either as a stop or as deferred.
+workspaces. A candidate pushed out of the heap is reported as deferred right away (`add`
+returns the findings it decided on, and the caller logs them at once), so every idle workspace
+is reported exactly once, either as a stop or as deferred.
 
 Idle (BEHAVIOR.md §7 "Guidance for a reaper"): the latest build is a succeeded `start`,
 and both `last_used_at` and the build's `job.completed_at` are older than the idle-after.
@@ -16,13 +18,17 @@ from __future__ import annotations
 import heapq
 import re
 from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any
 
-from jobs.plan import Action
 from jobs.models import ZERO_TIME, Workspace
+from jobs.plan import Action, Plan, report
 from jobs.reap_rules import Policy
+
+if TYPE_CHECKING:  # plain data from jobs.kube; the kubernetes package itself is not needed here
+    from jobs.kube import ObjectMetadata, QuotaUsage
 
 # coderd's system user that owns prebuilt workspaces (BEHAVIOR.md §7). Its workspaces are a
 # pool Coder manages itself; stopping them would fight the prebuilds reconciler.
@@ -30,9 +36,9 @@ PREBUILDS_USER_ID = "c42fdf75-3097-471c-8c33-fb52454d81c0"
 PREBUILDS_USERNAME = "prebuilds"
 ACTIVE_JOB_STATUSES = frozenset({"pending", "running", "canceling"})
 WORKSPACE_ID_LABEL = "com.coder.workspace.id"
+QUOTA_WARN_RATIO = 0.9
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
-
-Emit = Callable[[Action], None]
+_ORPHAN_COUNTER = {"pod": "orphans", "deployment": "orphan_deployments", "secret": "orphan_secrets"}
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -159,6 +165,21 @@ def classify(ws: Workspace, now: datetime, policy: Policy) -> Verdict:
     return Verdict("active", "", idle_after=decision.idle_after, source=decision.source)
 
 
+def recheck(ws: Workspace | None, now: datetime, policy: Policy, reason: str) -> str | None:
+    """Right before a stop, with the workspace read again: None when the stop still stands, else
+    why not (the listing may be minutes old at scale, and a stop build cannot be undone)."""
+    if ws is None:
+        return "gone"
+    v = classify(ws, now, policy)
+    if v.kind == "busy":
+        return "busy"
+    if reason == "idle" and v.kind != "idle":
+        return f"no longer idle ({v.kind})"
+    if reason == "quota" and (v.kind not in ("idle", "active") or not is_running(ws)):
+        return f"no longer stoppable ({v.kind})"
+    return None
+
+
 @dataclass
 class ScanResult:
     now: datetime
@@ -171,22 +192,21 @@ class ScanResult:
 class Scan:
     """Feed every listed workspace to `add`; `finish` returns the bounded stop list.
 
-    `emit` receives report actions (exempt, unknown, deferred, busy) as they are decided,
-    so nothing per-workspace is retained beyond the heap.
+    `add` returns the findings it decided on (exempt, unknown, busy, deferred) for the caller to
+    report at once, so nothing per-workspace is retained beyond the heap.
     """
 
-    def __init__(self, now: datetime, policy: Policy, max_stops: int, emit: Emit, *, count_totals: bool = False) -> None:
+    def __init__(self, now: datetime, policy: Policy, max_stops: int, *, count_totals: bool = False) -> None:
         self.now = now
         self.policy = policy
         self.max_stops = max_stops
-        self.emit = emit
         self.counts: Counter = Counter()
         self.running_by_owner: Counter = Counter()
         self.total_by_owner: Counter | None = Counter() if count_totals else None
         self._heap: list[tuple[Any, ...]] = []  # max-heap on age: (-idle_since_ts, neg name keys..., candidate)
         self._in_heap: set[str] = set()
 
-    def add(self, ws: Workspace) -> None:
+    def add(self, ws: Workspace) -> list[Action]:
         self.counts["scanned"] += 1
         prebuild = is_prebuild(ws)
         if self.total_by_owner is not None and not prebuild:
@@ -197,15 +217,14 @@ class Scan:
                 self.running_by_owner[ws.owner_name] += 1
         v = classify(ws, self.now, self.policy)
         if v.kind == "not-running":
-            return
+            return []
         if v.kind == "active":
             self.counts["active"] += 1
-            return
+            return []
         if v.kind == "idle":
             assert v.idle_since is not None and v.idle_after is not None
             self.counts["idle"] += 1
-            self._offer(candidate(ws, v.idle_since, v.idle_after, v.source))
-            return
+            return self._offer(candidate(ws, v.idle_since, v.idle_after, v.source))
         kind = {"prebuild": "exempt", "exempt": "exempt", "unknown": "unknown", "busy": "busy"}[v.kind]
         self.counts[kind] += 1
         details: dict[str, Any] = {"workspace_id": ws.id, "owner": ws.owner_name, "template": ws.template_name}
@@ -213,29 +232,26 @@ class Scan:
             details["last_used_at"] = _iso(ws.last_used_at)
         if v.source:
             details["policy"] = v.source
-        self.emit(Action(kind, target(ws), v.reason, details))
+        return [report(kind, target(ws), v.reason, details)]
 
-    def _offer(self, c: Candidate) -> None:
+    def _offer(self, c: Candidate) -> list[Action]:
         if c.id in self._in_heap:  # the same row seen twice across shifting pages
             self.counts["idle"] -= 1
-            return
+            return []
         key = (-c.idle_since.timestamp(), _neg(c.owner), _neg(c.name), _neg(c.id))
         if len(self._heap) < self.max_stops:
             heapq.heappush(self._heap, (key, c))
             self._in_heap.add(c.id)
-            return
+            return []
         if self._heap and key > self._heap[0][0]:  # older than the youngest kept: swap
             _, out = heapq.heapreplace(self._heap, (key, c))
             self._in_heap.discard(out.id)
             self._in_heap.add(c.id)
         else:
             out = c
-        self._defer(out)
-
-    def _defer(self, c: Candidate) -> None:
         self.counts["deferred"] += 1
-        self.emit(Action("deferred", c.target, f"over REAP_MAX_STOPS={self.max_stops} this run; younger idle than the stops",
-                         c.details(self.now)))
+        return [report("deferred", out.target, f"over REAP_MAX_STOPS={self.max_stops} this run; younger idle than the stops",
+                       out.details(self.now))]
 
     def finish(self) -> ScanResult:
         stops = sorted(c for _, c in self._heap)
@@ -247,23 +263,20 @@ def _neg(text: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in text) + (1,)
 
 
-def stop_actions(stops: Iterable[Candidate], now: datetime, reason: str = "idle") -> list[Action]:
-    return [Action("stop", c.target, reason, c.details(now)) for c in stops]
-
-
 def quota_violations(result: ScanResult, max_total: int | None, max_running: int | None) -> list[Action]:
     """One report action per owner and limit exceeded, sorted by owner."""
     out: list[Action] = []
     if max_total is not None and result.total_by_owner is not None:
         for owner, n in sorted(result.total_by_owner.items()):
             if n > max_total:
-                out.append(Action("quota-violation", f"user/{owner}", f"{n} workspaces > REAP_MAX_WORKSPACES_PER_USER={max_total}",
-                                  {"owner": owner, "quota": "workspaces", "count": n, "limit": max_total}))
+                out.append(report("quota-violation", f"user/{owner}",
+                                  f"{n} workspaces > REAP_MAX_WORKSPACES_PER_USER={max_total}",
+                                  {"owner": owner, "quota": "workspaces", "count": n, "limit": max_total}, warn=True))
     if max_running is not None:
         for owner, n in sorted(result.running_by_owner.items()):
             if n > max_running:
-                out.append(Action("quota-violation", f"user/{owner}", f"{n} running > REAP_MAX_RUNNING_PER_USER={max_running}",
-                                  {"owner": owner, "quota": "running", "count": n, "limit": max_running}))
+                out.append(report("quota-violation", f"user/{owner}", f"{n} running > REAP_MAX_RUNNING_PER_USER={max_running}",
+                                  {"owner": owner, "quota": "running", "count": n, "limit": max_running}, warn=True))
     return out
 
 
@@ -274,7 +287,7 @@ def plan_quota_stops(
     now: datetime,
     policy: Policy,
     keep: int,
-) -> "QuotaPlan":
+) -> QuotaPlan:
     """Least recently used running workspaces of one owner to stop, down to `limit`.
 
     `owner_running` is that owner's running workspaces, read afresh; those already planned as
@@ -320,3 +333,134 @@ class QuotaPlan:
     excess: int  # running - planned idle stops - limit
     deferred: int  # could be stopped, but REAP_MAX_STOPS is used up
     unresolved: int  # cannot be stopped: exempt, busy or unknown last_used_at
+
+
+def quota_stop_plans(violations: list[Action], owner_running: Callable[[str], Iterable[Workspace]], scan: ScanResult,
+                     policy: Policy, limit: int, max_stops: int) -> list[tuple[str, QuotaPlan]]:
+    """Quota stops for each owner over REAP_MAX_RUNNING_PER_USER, in owner order, sharing what is left
+    of REAP_MAX_STOPS after the idle stops. `owner_running(owner)` streams that owner's running
+    workspaces as read afresh (jobs/reap.py hands coderd's pager)."""
+    planned = {c.id for c in scan.stops}
+    remaining = max_stops - len(scan.stops)
+    out: list[tuple[str, QuotaPlan]] = []
+    for v in violations:
+        if v.details["quota"] != "running":
+            continue
+        owner = str(v.details["owner"])
+        qp = plan_quota_stops(owner_running(owner), limit, planned, scan.now, policy, keep=max(0, remaining))
+        planned.update(c.id for c in qp.stops)
+        remaining -= len(qp.stops)
+        out.append((owner, qp))
+    return out
+
+
+# -- the workspace namespace ---------------------------------------------------------------
+@dataclass(frozen=True)
+class Orphan:
+    """The payload of an orphan action: what apply deletes (the uid guards a same-named successor)."""
+
+    kind: str  # pod | deployment | secret
+    name: str
+    uid: str | None
+    workspace_id: str
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What reap observed in the workspace namespace, and coderd's view of the workspaces named there."""
+
+    namespace: str
+    usage: list[QuotaUsage] | None  # None: the ResourceQuotas could not be listed (usage_error says why)
+    objects: list[tuple[str, ObjectMetadata]]  # (pod | deployment | secret, metadata), as listed
+    live: Mapping[str, Workspace]  # by lower-case id
+    usage_error: str = ""
+
+
+def object_workspace(kind: str, meta: ObjectMetadata) -> str | None:
+    """The workspace an object belongs to, or None: such an object is never deleted."""
+    if kind == "secret":
+        return credentials_secret_workspace(meta.name, dict(meta.labels))
+    wid = str(meta.labels.get(WORKSPACE_ID_LABEL, "")).lower()
+    return wid if _UUID.match(wid) else None
+
+
+def workspace_ids(objects: Iterable[tuple[str, ObjectMetadata]]) -> list[str]:
+    """The workspaces coderd is asked about."""
+    return sorted({wid for kind, meta in objects if (wid := object_workspace(kind, meta)) is not None})
+
+
+_DELETE_ORDER = {"deployment": 0, "pod": 1, "secret": 2}  # controllers first, the credentials last
+
+
+def cluster_findings(cluster: Cluster, *, delete_orphans: bool) -> tuple[list[Action], Counter]:
+    """Quota usage, unlabelled objects, and orphans: objects of a workspace coderd does not know or
+    has stopped. Orphans are deleted (written) only with delete_orphans, Deployments first so that
+    their ReplicaSets do not recreate the pods deleted next."""
+    ns, actions = cluster.namespace, []
+    counts: Counter = Counter()
+    if cluster.usage is None:
+        counts["failed"] += 1
+        actions.append(report("kube-check-failed", f"resourcequotas/{ns}", cluster.usage_error))
+    for u in cluster.usage or []:
+        high = u.ratio >= QUOTA_WARN_RATIO
+        counts["kube_quota_warnings"] += high
+        actions.append(report("quota-usage-high" if high else "quota-usage", f"resourcequota/{u.namespace}/{u.name}",
+                              f"{u.resource} at {u.ratio:.0%} of hard" if high else "",
+                              {"resource": u.resource, "used": u.used, "hard": u.hard, "percent": round(u.ratio * 100, 1)},
+                              warn=high))
+    by_id: dict[str, list[tuple[str, ObjectMetadata]]] = {}
+    for kind, meta in cluster.objects:
+        wid = object_workspace(kind, meta)
+        if wid is not None:
+            by_id.setdefault(wid, []).append((kind, meta))
+        elif kind == "secret":
+            actions.append(report("unlabelled", f"secret/{ns}/{meta.name}",
+                                  f"not a credentials Secret (coder-<{WORKSPACE_ID_LABEL}>-credentials); never deleted"))
+        else:
+            actions.append(report("unlabelled", f"{kind}/{ns}/{meta.name}",
+                                  f"no valid {WORKSPACE_ID_LABEL} label; never deleted"))
+    orphans: list[Action] = []
+    for wid in sorted(by_id):
+        ws = cluster.live.get(wid)
+        if ws is not None and not is_stopped(ws):
+            continue
+        why = "no such workspace in coderd (deleted, or the database was reset)" if ws is None else \
+            f"workspace {ws.owner_name}/{ws.name} is stopped"
+        for kind, meta in by_id[wid]:
+            counts[_ORPHAN_COUNTER[kind]] += 1
+            orphans.append(Action("orphan", f"{kind}/{ns}/{meta.name}", why, {"workspace_id": wid},
+                                  data=Orphan(kind, meta.name, meta.uid, wid), writes=delete_orphans, warn=True))
+    actions += sorted(orphans, key=lambda a: _DELETE_ORDER[a.data.kind])
+    return actions, counts
+
+
+# -- the plan ------------------------------------------------------------------------------
+def plan(scan: ScanResult, violations: list[Action], quota: list[tuple[str, QuotaPlan]], cluster: Cluster | None, *,
+         max_stops: int, running_limit: int | None, delete_orphans: bool) -> Plan:
+    """Every action of the pass, in the order apply takes them: the idle stops, the quota reports
+    and stops, then what the workspace namespace holds. Counts what was looked at on the way."""
+    counts = Counter(scan.counts)
+    actions = [Action("stop", c.target, "idle", c.details(scan.now), data=c) for c in scan.stops]
+    actions += violations
+    counts["quota_violations"] += len(violations)
+    quota_stops = 0
+    for owner, qp in quota:
+        actions += [Action("stop", c.target, "quota", {**c.details(scan.now), "running": qp.running, "limit": running_limit},
+                           data=c) for c in qp.stops]
+        quota_stops += len(qp.stops)
+        if qp.deferred:
+            counts["deferred"] += qp.deferred
+            actions.append(report("deferred", f"user/{owner}", f"quota stops over REAP_MAX_STOPS={max_stops}",
+                                  {"owner": owner, "count": qp.deferred}))
+        if qp.unresolved:
+            actions.append(report("quota-unresolved", f"user/{owner}",
+                                  "running over the limit, but the rest are exempt, busy or of unknown use",
+                                  {"owner": owner, "count": qp.unresolved, "running": qp.running, "limit": running_limit},
+                                  warn=True))
+    counts["planned_stops"] += len(scan.stops) + quota_stops
+    counts["quota_stops"] += quota_stops
+    if cluster is not None:
+        found, cluster_counts = cluster_findings(cluster, delete_orphans=delete_orphans)
+        actions += found
+        counts.update(cluster_counts)
+    return Plan(tuple(actions), dict(counts))

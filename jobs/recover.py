@@ -8,7 +8,7 @@ from jobs.coder import client_from_settings
 from jobs.context import RunContext
 from jobs.errors import EXIT_OK
 from jobs.log import summary
-from jobs.plan import log_plan
+from jobs.plan import Plan, log_plan
 from jobs.settings import RecoverSettings
 from jobs.template_source import load_templates
 
@@ -18,9 +18,9 @@ def run(settings: RecoverSettings, ctx: RunContext) -> int:
     with client_from_settings(settings) as client:
         client.wait_ready()
         actions = bootstrap_admin.converge(client, settings, ctx)
-        if ctx.dry_run and not client.first_user_exists():
+        if ctx.dry_run and actions.of_kind("create-first-user"):
             # Nobody to log in as yet, so nothing to read: every template would be created.
-            planned = [republish.plan(t, republish.RemoteTemplate(None))[0] for t in templates]
+            planned = sum((republish.plan(t, republish.RemoteTemplate(None)) for t in templates), Plan())
             log_plan(ctx.log, planned, dry_run=True)
             actions += planned
         else:

@@ -1,7 +1,9 @@
 """republish-templates: make each Coder template's active version match the chart's files.
 
 observe (read coderd) -> plan (pure: create / publish-version / update-settings / nothing)
--> check (what a write needs from coderd's configuration) -> apply. A run that finds everything
+-> check (what a write needs from coderd's configuration) -> apply. A write that meets another
+republisher's (a 409 on the create) ends the pass, and the template is observed and planned again
+(jobs.retry.replan), as after a transient coderd error. A run that finds everything
 current writes nothing: the active version's content fingerprint is recorded in its message, or
 computed from its archive when it was pushed by hand, so identical content is never pushed twice
 (`coder templates push` always would).
@@ -19,14 +21,14 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from jobs import retry
 from jobs.archive import files_from_tar, fingerprint
-from jobs.coder import CoderClient, client_from_settings
+from jobs.coder import CoderClient, client_from_settings, is_transient, is_unparsable_template, unconfigured_external_auth
 from jobs.context import RunContext
-from jobs.converge import retry_transient
-from jobs.errors import EXIT_OK, CoderAPIError, ConfigError, JobError, TemplateError
+from jobs.errors import EXIT_OK, CoderAPIError, ConcurrentChange, ConfigError, JobError, TemplateError
 from jobs.models import ProvisionerJobLog, Template, TemplateVersion
 from jobs.log import summary
-from jobs.plan import Action, log_plan
+from jobs.plan import Action, Plan, log_plan, report
 from jobs.settings import ExternalAuthSettings, TemplatesSettings
 from jobs.template_source import LocalTemplate, load_templates
 
@@ -41,7 +43,6 @@ _COPIED_META = (
 )
 _BUILDS = {"create-template", "publish-version"}
 _REDACTED = "*redacted*"
-_NOT_CONFIGURED = re.compile(r'external auth provider "([^"]+)" is not configured')
 EXTERNAL_AUTH_SECRET = ExternalAuthSettings.model_fields["external_auth_target_secret"].default
 RUNBOOK_EXTERNAL_AUTH = "RUNBOOK.md section 2, 'Templates missing or stale', step 5"
 MAX_ERROR_LINES = 20
@@ -100,7 +101,7 @@ def failed_build_message(name: str, version: TemplateVersion, logs: list[Provisi
     """The job's error, then every log line that carries an error (the tail only when none does)."""
     error = version.job.error or "no error text"
     text = f"template {name}: version {version.name} failed to build ({version.job.status}): {error}; the active version is unchanged"
-    not_configured = _NOT_CONFIGURED.findall(error)
+    not_configured = unconfigured_external_auth(error)
     if not_configured:
         return external_auth_message(name, not_configured, None, written="this version failed") + f". {text}"
     errors = [entry for entry in logs if entry.log_level == "error"]
@@ -138,10 +139,10 @@ def _active_values(client: CoderClient, version: TemplateVersion) -> dict[str, s
 
 
 # -- plan (pure) -----------------------------------------------------------------------
-def plan(local: LocalTemplate, remote: RemoteTemplate) -> list[Action]:
+def plan(local: LocalTemplate, remote: RemoteTemplate) -> Plan:
     target = f"template/{local.name}"
     if remote.template is None:
-        return [Action("create-template", target, "missing on coderd", {"fingerprint": local.fingerprint})]
+        return Plan((Action("create-template", target, "missing on coderd", {"fingerprint": local.fingerprint}),))
     actions = []
     same_content = remote.active_content == local.fingerprint
     wanted_vars = local.variables_fingerprint()
@@ -162,8 +163,8 @@ def plan(local: LocalTemplate, remote: RemoteTemplate) -> list[Action]:
         reason = "active version and settings are current"
         if remote.active_variables is None:
             reason = "adopted: the active version (pushed by hand) has identical content"
-        actions.append(Action("nothing", target, reason, {"fingerprint": local.fingerprint}))
-    return actions
+        actions.append(report("nothing", target, reason, {"fingerprint": local.fingerprint}))
+    return Plan(tuple(actions))
 
 
 # -- check: what a write needs from coderd, read once and only when something is written ---
@@ -193,10 +194,10 @@ class Preflight:
             self._providers = self.client.external_auth_providers()
         return self._providers
 
-    def check(self, local: LocalTemplate, remote: RemoteTemplate, actions: list[Action]) -> None:
+    def check(self, local: LocalTemplate, remote: RemoteTemplate, p: Plan) -> None:
         if remote.template is None:
             self.require_organization()
-        if not any(a.kind in _BUILDS for a in actions) or not local.external_auth:
+        if not p.of_kind(*_BUILDS) or not local.external_auth:
             return
         missing = missing_providers(local, self.providers())
         if missing:
@@ -216,8 +217,8 @@ class Publisher:
         # so a retry never builds the same content twice.
         self._built: dict[tuple[str, str | None], TemplateVersion] = {}
 
-    def apply(self, local: LocalTemplate, remote: RemoteTemplate, actions: list[Action]) -> None:
-        for action in actions:
+    def apply(self, local: LocalTemplate, remote: RemoteTemplate, p: Plan) -> None:
+        for action in p:
             if action.kind == "create-template":
                 self.create_template(local)
             elif action.kind == "publish-version":
@@ -239,9 +240,7 @@ class Publisher:
                 raise
             # Another republisher created it first: converge onto what is there now.
             self.log.info("template created concurrently, re-planning", template=local.name)
-            remote = observe(self.client, self.org, local)
-            self.apply(local, remote, [a for a in plan(local, remote) if a.kind != "create-template"])
-            return
+            raise ConcurrentChange(f"template {local.name} was created by another republisher meanwhile") from None
         self.log.info("created template", template=local.name, template_id=template.id, version=version.name)
 
     def update_settings(self, local: LocalTemplate, template: Template) -> None:
@@ -291,7 +290,7 @@ class Publisher:
                 # The name is taken by a failed build of this content: one new attempt per run.
                 body = {**body, "name": f"{body['name']}-{int(time.time())}"}
                 return self.client.create_template_version(self.org, body)
-            if err.status == 500 and "workspace tags" in err.message.lower():
+            if is_unparsable_template(err):
                 raise TemplateError(f"template {local.name}: coderd could not parse the template: {err.detail or err.message}") from None
             raise
 
@@ -299,19 +298,24 @@ class Publisher:
         return next((v for v in self.client.template_versions(template_id) if v.name == name), None)
 
     def wait_for_job(self, local: LocalTemplate, version: TemplateVersion) -> TemplateVersion:
-        deadline = time.monotonic() + self.timeout
-        delay = 0.1
-        while not version.job.terminal:
-            if time.monotonic() > deadline:
-                self.client.cancel_template_version(version.id)
-                raise TemplateError(
-                    f"template {local.name}: version {version.name} was not built within {self.timeout:g}s "
-                    f"(TEMPLATE_BUILD_TIMEOUT; job {version.job.status}); the active version is unchanged"
-                    + ("" if version.job.status != "pending" else ": is a provisioner daemon running?")
-                )
-            time.sleep(delay)
-            delay = min(self.poll_interval * 2, delay * 2)
-            version = self.client.template_version(version.id)
+        first: TemplateVersion | None = version
+
+        def fetch() -> TemplateVersion:
+            nonlocal first
+            if first is not None:  # what coderd answered to the create: no need to ask again at once
+                fetched, first = first, None
+                return fetched
+            return self.client.template_version(version.id)
+
+        version = retry.poll(fetch, done=lambda v: v.job.terminal, deadline=self.timeout, initial=0.1,
+                             maximum=self.poll_interval * 2)
+        if not version.job.terminal:
+            self.client.cancel_template_version(version.id)
+            raise TemplateError(
+                f"template {local.name}: version {version.name} was not built within {self.timeout:g}s "
+                f"(TEMPLATE_BUILD_TIMEOUT; job {version.job.status}); the active version is unchanged"
+                + ("" if version.job.status != "pending" else ": is a provisioner daemon running?")
+            )
         if version.job.status != "succeeded":
             raise TemplateError(failed_build_message(local.name, version, self.client.template_version_logs(version.id)))
         self.log.info("version built", template=local.name, version=version.name, version_id=version.id)
@@ -319,36 +323,36 @@ class Publisher:
 
 
 def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
-             templates: list[LocalTemplate] | None = None) -> list[Action]:
+             templates: list[LocalTemplate] | None = None) -> Plan:
     if templates is None:
         templates = load_templates(settings.templates_dir, settings.template_names())
     publisher = Publisher(client, settings, ctx.log)
     preflight = Preflight(client, settings.coder_organization)
-    all_actions: list[Action] = []
+    done = Plan()
     failed: list[str] = []
     for local in templates:
-        def one(local: LocalTemplate = local) -> list[Action]:
+        def one(local: LocalTemplate = local) -> Plan:
             remote = observe(client, settings.coder_organization, local)
-            actions = plan(local, remote)
-            log_plan(ctx.log, actions, ctx.dry_run)
-            preflight.check(local, remote, actions)
+            p = plan(local, remote)
+            log_plan(ctx.log, p, ctx.dry_run)
+            preflight.check(local, remote, p)
             if not ctx.dry_run:
-                publisher.apply(local, remote, actions)
-            return actions
+                publisher.apply(local, remote, p)
+            return p
 
         try:
-            all_actions += retry_transient(one, deadline_s=settings.coder_ready_timeout, log=ctx.log,
-                                           what=f"template {local.name}")
+            done += retry.replan(one, transient=is_transient, deadline=settings.coder_ready_timeout, log=ctx.log,
+                                 what=f"template {local.name}")
         except TemplateError as err:
             ctx.log.error(str(err), template=local.name)
             failed.append(local.name)
     if failed:
         others = "; the others converged" if len(failed) < len(templates) else ""
-        summary(ctx.log, checked=len(templates), changed=sum(a.writes for a in all_actions), failed=len(failed),
+        summary(ctx.log, checked=len(templates), changed=sum(a.writes for a in done), failed=len(failed),
                 dry_run=ctx.dry_run)
         raise JobError(f"{len(failed)} of {len(templates)} templates did not converge: {', '.join(failed)} "
                        f"(each one's cause is logged above){others}")
-    return all_actions
+    return done
 
 
 def run(settings: TemplatesSettings, ctx: RunContext) -> int:

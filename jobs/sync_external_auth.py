@@ -3,12 +3,13 @@
 An Argo CD PreSync hook. The platform's secret pipeline delivers two single-value Secrets (the
 OAuth client id and client secret); coderd reads `coder-external-auth-github` with `envFrom`.
 
-Observe (2 source reads + 1 target read; a converged run makes exactly these 3 requests) ->
-pure `plan()` -> apply: create or update the target with optimistic concurrency (a 409 means
-someone wrote in between: read again, plan again), record an Event on it, and, when the values
-changed and CODER_DEPLOYMENT is set, patch the Deployment's pod template so coderd restarts
-and reads them. Never deletes anything. No value is ever logged, put in an Event, or in an
-annotation: only key names and a checksum.
+Observe (2 source reads + 1 target read, a converged run makes exactly these 3 requests; plus
+coderd's Deployment when a roll may be due) -> pure `plan()` -> apply: create or update the
+target with optimistic concurrency (a 409 means someone wrote in between: the whole pass reads
+again and plans again), record an Event on it, and, when the values changed and CODER_DEPLOYMENT
+is set, patch the Deployment's pod template so coderd restarts and reads them. Never deletes
+anything. No value is ever logged, put in an Event, or in an annotation: only key names and a
+checksum.
 
 Rollout bookkeeping: a change is written together with the annotation `rollout-pending`; it is
 removed once the Deployment carries the new checksum. A run killed between the two (SIGTERM,
@@ -20,17 +21,19 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any
 
+from jobs import retry
 from jobs.context import RunContext
-from jobs.errors import EXIT_OK, ConfigError, JobError
+from jobs.errors import EXIT_OK, ConcurrentChange, ConfigError, JobError
 from jobs.log import register_secrets, summary
-from jobs.plan import Action, log_plan
+from jobs.plan import Action, Plan, log_plan
 from jobs.settings import ExternalAuthSettings
 
-if TYPE_CHECKING:  # the kubernetes package is imported only when the job runs
-    from kubernetes.client import ApiClient, V1Secret
+if TYPE_CHECKING:  # jobs.kube (and with it the kubernetes package) is imported only when the job runs
+    from jobs import kube
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_LABELS = {MANAGED_BY_LABEL: "coder-jobs", "app.kubernetes.io/part-of": "coder"}
@@ -115,41 +118,79 @@ class TargetState:
 
 
 @dataclass(frozen=True)
-class Plan:
-    secret: str  # "create" | "update" | "adopt" | "nothing"
-    rollout: bool  # patch the Deployment (and then clear the rollout-pending marker)
-    data_changed: bool
-    changed_keys: tuple[str, ...]
+class SecretStep:
+    """What the plan does to the target Secret: the payload of its first action."""
+
+    kind: str  # "create" | "update" | "adopt" | "nothing"
     labels: dict[str, str]
     annotations: dict[str, str]
     checksum: str
     previous_checksum: str | None
-    actions: list[Action]
+    changed_keys: tuple[str, ...]
 
-    @property
-    def writes_secret(self) -> bool:
-        return self.secret != "nothing"
+
+@dataclass(frozen=True)
+class DeploymentState:
+    """coderd's Deployment as observed: does it exist, and which checksum its pod template carries."""
+
+    found: bool
+    checksum: str | None = None
+
+
+@dataclass(frozen=True)
+class Rollout:
+    """The payload of the roll-deployment action: patch the pod template (unless it already carries
+    the checksum, or the Deployment is missing), then clear the rollout-pending marker."""
+
+    deployment: str
+    checksum: str
+    patch: bool
+    found: bool
+
+
+def secret_step(p: Plan) -> SecretStep:
+    step = p.actions[0].data
+    assert isinstance(step, SecretStep), "a sync-external-auth plan starts with its Secret"
+    return step
+
+
+def rollout_step(p: Plan) -> Rollout | None:
+    return next((a.data for a in p.of_kind("roll-deployment")), None)
+
+
+def rollout_may_be_due(target: TargetState | None, data: Mapping[str, str]) -> bool:
+    """Whether the plan may roll coderd, so that observing its Deployment is worth a request."""
+    if target is None or ROLLOUT_PENDING_ANNOTATION in target.annotations:
+        return True
+    return {k: v.encode() for k, v in data.items()} != target.data
+
+
+def _rollout(deployment: str, namespace: str, digest: str, why: str, state: DeploymentState | None) -> Action:
+    # Not observed (a pure caller): assume it needs the patch.
+    found = state is None or state.found
+    patch = state is None or (state.found and state.checksum != digest)
+    return Action("roll-deployment", f"deployment/{namespace}/{deployment}", why, {"checksum": short(digest)},
+                  data=Rollout(deployment, digest, patch, found))
 
 
 def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str, name: str,
-         adopt: bool = False, deployment: str | None = None) -> Plan:
-    """Decide what to do, from the observed target alone. Raises ConfigError for a target we must
-    not overwrite (exists, not managed by coder-jobs, no --adopt)."""
+         adopt: bool = False, deployment: str | None = None, deployment_state: DeploymentState | None = None) -> Plan:
+    """Decide what to do, from the observed target (and Deployment) alone. Raises ConfigError for a
+    target we must not overwrite (exists, not managed by coder-jobs, no --adopt)."""
     digest = checksum(data)
     want = {k: v.encode() for k, v in data.items()}
     ref = f"secret/{namespace}/{name}"
     if target is None:
         labels = dict(MANAGED_LABELS)
         annotations = {CHECKSUM_ANNOTATION: digest}
-        rollout = deployment is not None
-        if rollout:
+        if deployment is not None:
             annotations[ROLLOUT_PENDING_ANNOTATION] = digest
+        step = SecretStep("create", labels, annotations, digest, None, tuple(sorted(data)))
         actions = [Action("create-secret", ref, "the target Secret does not exist",
-                          {"keys": sorted(data), "checksum": short(digest)})]
-        if rollout:
-            actions.append(Action("roll-deployment", f"deployment/{namespace}/{deployment}",
-                                  "new external-auth values", {"checksum": short(digest)}))
-        return Plan("create", rollout, True, tuple(sorted(data)), labels, annotations, digest, None, actions)
+                          {"keys": sorted(data), "checksum": short(digest)}, data=step)]
+        if deployment is not None:
+            actions.append(_rollout(deployment, namespace, digest, "new external-auth values", deployment_state))
+        return Plan(tuple(actions))
 
     if not target.managed and not adopt:
         owner = target.labels.get(MANAGED_BY_LABEL)
@@ -165,7 +206,6 @@ def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str,
     previous = target.annotations.get(CHECKSUM_ANNOTATION)
     # A pending marker is only acted on when there is a Deployment to roll; without one it is left alone.
     unfinished = deployment is not None and ROLLOUT_PENDING_ANNOTATION in target.annotations
-    rollout = deployment is not None and (data_changed or unfinished)
     if deployment is not None and data_changed:
         annotations[ROLLOUT_PENDING_ANNOTATION] = digest
 
@@ -180,30 +220,32 @@ def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str,
     else:
         kind, reason = "nothing", "up to date"
 
-    actions: list[Action] = []
+    step = SecretStep(kind, labels, annotations, digest, previous, changed)
     details: dict[str, Any] = {"checksum": short(digest)}
     if kind == "nothing":
-        actions.append(Action("nothing", ref, reason, details))
+        actions = [Action("nothing", ref, reason, details, data=step, writes=False)]
     else:
         details.update(changed_keys=list(changed), previous_checksum=short(previous))
-        actions.append(Action(f"{kind}-secret", ref, reason, details))
-    if rollout:
-        why = "new external-auth values" if data_changed else "a previous run changed the Secret but did not finish rolling coderd"
-        actions.append(Action("roll-deployment", f"deployment/{namespace}/{deployment}", why, {"checksum": short(digest)}))
-    return Plan(kind, rollout, data_changed, changed, labels, annotations, digest, previous, actions)
+        actions = [Action(f"{kind}-secret", ref, reason, details, data=step)]
+    if deployment is not None and (data_changed or unfinished):
+        why = ("new external-auth values" if data_changed
+               else "a previous run changed the Secret but did not finish rolling coderd")
+        actions.append(_rollout(deployment, namespace, digest, why, deployment_state))
+    return Plan(tuple(actions))
 
 
 def event_for(p: Plan, name: str) -> tuple[str, str, str]:
     """(reason, action, message) of the Event recorded on the target: key names and checksums only."""
-    if p.secret == "create":
+    step = secret_step(p)
+    if step.kind == "create":
         return ("ExternalAuthSecretCreated", "Create",
-                f"Created Secret {name} with keys {', '.join(p.changed_keys)} (checksum {short(p.checksum)})")
-    keys = f"changed keys {', '.join(p.changed_keys)}" if p.changed_keys else "values unchanged, metadata updated"
-    if p.secret == "adopt":
+                f"Created Secret {name} with keys {', '.join(step.changed_keys)} (checksum {short(step.checksum)})")
+    keys = f"changed keys {', '.join(step.changed_keys)}" if step.changed_keys else "values unchanged, metadata updated"
+    if step.kind == "adopt":
         return ("ExternalAuthSecretAdopted", "Adopt",
-                f"coder-jobs took over Secret {name} (--adopt); {keys} (checksum {short(p.checksum)})")
+                f"coder-jobs took over Secret {name} (--adopt); {keys} (checksum {short(step.checksum)})")
     return ("ExternalAuthSecretUpdated", "Update",
-            f"Updated Secret {name}: {keys} (checksum {short(p.previous_checksum)} -> {short(p.checksum)})")
+            f"Updated Secret {name}: {keys} (checksum {short(step.previous_checksum)} -> {short(step.checksum)})")
 
 
 # ---------------------------------------------------------------------------- observe
@@ -213,7 +255,7 @@ def _b64(value: str) -> str:
     return base64.b64encode(value.encode()).decode()
 
 
-def read_sources(api: "ApiClient", ns: str, settings: ExternalAuthSettings) -> tuple[str, str]:
+def read_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings) -> tuple[str, str]:
     """Both source values; every problem with either Secret reported at once (exit 2)."""
     from jobs import kube
 
@@ -235,7 +277,7 @@ def read_sources(api: "ApiClient", ns: str, settings: ExternalAuthSettings) -> t
     return values[settings.external_auth_client_id_secret], values[settings.external_auth_client_secret_secret]
 
 
-def observe_target(api: "ApiClient", ns: str, name: str) -> tuple[TargetState | None, "V1Secret | None"]:
+def observe_target(api: kube.ApiClient, ns: str, name: str) -> tuple[TargetState | None, kube.Secret | None]:
     from jobs import kube
 
     secret = kube.read_secret(api, ns, name)
@@ -246,34 +288,34 @@ def observe_target(api: "ApiClient", ns: str, name: str) -> tuple[TargetState | 
     if old:
         old_text = old.decode("utf-8", "replace")
         register_secrets([old_text, _b64(old_text)])  # a previous client secret may still be valid
-    meta = secret.metadata
-    state = TargetState(name, data, dict(meta.labels or {}), dict(meta.annotations or {}), meta.resource_version or "")
-    return state, secret
+    meta = kube.metadata_of(secret)
+    return TargetState(name, data, dict(meta.labels), dict(meta.annotations), meta.resource_version), secret
+
+
+def observe_deployment(api: kube.ApiClient, ns: str, name: str) -> DeploymentState:
+    from jobs import kube
+
+    dep = kube.read_deployment(api, ns, name)
+    if dep is None:
+        return DeploymentState(found=False)
+    return DeploymentState(found=True, checksum=kube.pod_template_annotations(dep).get(DEPLOYMENT_ANNOTATION))
 
 
 # ---------------------------------------------------------------------------- apply
 
 
-def _write_secret(api: "ApiClient", ns: str, name: str, p: Plan, data: Mapping[str, str], current: "V1Secret | None") -> "V1Secret":
-    from kubernetes import client as k8s
-
+def _write_secret(api: kube.ApiClient, ns: str, name: str, step: SecretStep, data: Mapping[str, str],
+                  current: kube.Secret | None) -> kube.Secret:
     from jobs import kube
 
     encoded = {k: _b64(v) for k, v in data.items()}
     if current is None:
-        body = k8s.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=encoded,
-                            metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=p.labels, annotations=p.annotations))
-        return kube.create_secret(api, ns, body)
-    # Start from what we read, so ownerReferences, finalizers and its type survive; its
-    # resourceVersion makes the PUT conditional.
-    current.data = encoded
-    current.string_data = None
-    current.metadata.labels = p.labels
-    current.metadata.annotations = p.annotations
-    return kube.replace_secret(api, ns, current)
+        return kube.create_secret(api, ns, kube.new_secret(ns, name, encoded, step.labels, step.annotations))
+    return kube.replace_secret(api, ns, kube.with_content(current, data=encoded, labels=step.labels,
+                                                          annotations=step.annotations))
 
 
-def _record_event(api: "ApiClient", written: "V1Secret", p: Plan, name: str, log: Any) -> None:
+def _record_event(api: kube.ApiClient, written: kube.Secret, p: Plan, name: str, log: Any) -> None:
     from jobs import kube
 
     reason, action, message = event_for(p, name)
@@ -283,77 +325,84 @@ def _record_event(api: "ApiClient", written: "V1Secret", p: Plan, name: str, log
         log.warning("could not record an Event on the target Secret", error=err.describe(), reason=reason)
 
 
-def _roll(api: "ApiClient", ns: str, deployment: str, digest: str, log: Any) -> None:
+def _roll(api: kube.ApiClient, ns: str, roll: Rollout, log: Any) -> None:
     from jobs import kube
 
-    dep = kube.read_deployment(api, ns, deployment)
-    if dep is None:
-        log.warning(f"Deployment {ns}/{deployment} not found; not rolling it. coderd may not be synced yet "
-                    "(PreSync on a first install): it reads the Secret when it starts", deployment=deployment)
+    if not roll.found:
+        log.warning(f"Deployment {ns}/{roll.deployment} not found; not rolling it. coderd may not be synced yet "
+                    "(PreSync on a first install): it reads the Secret when it starts", deployment=roll.deployment)
         return
-    if kube.pod_template_annotations(dep).get(DEPLOYMENT_ANNOTATION) == digest:
-        log.info("Deployment already carries the new checksum", deployment=deployment, checksum=short(digest))
+    if not roll.patch:
+        log.info("Deployment already carries the new checksum", deployment=roll.deployment, checksum=short(roll.checksum))
         return
-    kube.patch_pod_template_annotations(api, ns, deployment, {DEPLOYMENT_ANNOTATION: digest})
+    kube.patch_pod_template_annotations(api, ns, roll.deployment, {DEPLOYMENT_ANNOTATION: roll.checksum})
     log.info("patched the Deployment's pod template; coderd rolls and reads the new values",
-             deployment=deployment, checksum=short(digest))
+             deployment=roll.deployment, checksum=short(roll.checksum))
 
 
-def _clear_pending(api: "ApiClient", ns: str, name: str, secret: "V1Secret | None", digest: str, log: Any) -> None:
-    """Remove the rollout-pending marker we set, with resourceVersion; on 409 read again."""
+def _clear_pending(api: kube.ApiClient, ns: str, name: str, secret: kube.Secret | None) -> None:
+    """Remove the rollout-pending marker, with resourceVersion. Someone else's write in between
+    ends this pass (ConcurrentChange): the next pass reads the Secret again."""
     from jobs import kube
 
-    for _ in range(MAX_ATTEMPTS):
-        if secret is None:
-            secret = kube.read_secret(api, ns, name)
-        annotations = dict((secret.metadata.annotations if secret is not None else None) or {})
-        if secret is None or ROLLOUT_PENDING_ANNOTATION not in annotations:
-            return
-        if annotations.get(CHECKSUM_ANNOTATION) != digest:
-            return  # someone wrote other values meanwhile; their run rolls for them
-        annotations.pop(ROLLOUT_PENDING_ANNOTATION)
-        secret.metadata.annotations = annotations
-        try:
-            kube.replace_secret(api, ns, secret)
-            return
-        except kube.KubeConflict:
-            log.info("target Secret changed while clearing the rollout marker; reading it again", target=name)
-            secret = None
-        except kube.KubeNotFound:
-            return
-    raise JobError(f"Secret {ns}/{name}: could not clear {ROLLOUT_PENDING_ANNOTATION} after {MAX_ATTEMPTS} conflicts; "
-                   "the next run finishes the rollout")
+    annotations = dict(kube.metadata_of(secret).annotations) if secret is not None else {}
+    if secret is None or annotations.pop(ROLLOUT_PENDING_ANNOTATION, None) is None:
+        return
+    try:
+        kube.replace_secret(api, ns, kube.with_content(secret, annotations=annotations))
+    except kube.KubeConflict:
+        raise ConcurrentChange("target Secret changed while clearing the rollout marker") from None
+    except kube.KubeNotFound:
+        return  # deleted meanwhile: nothing left to clear
 
 
-def converge(api: "ApiClient", ns: str, settings: ExternalAuthSettings, ctx: RunContext) -> Plan:
+def apply(api: kube.ApiClient, ns: str, name: str, p: Plan, data: Mapping[str, str], current: kube.Secret | None,
+          log: Any) -> None:
+    """The plan's writes, in order. A write that meets someone else's (409, or the Secret gone)
+    raises, and the caller observes and plans again."""
+    step = secret_step(p)
+    written = current
+    if step.kind != "nothing":
+        written = _write_secret(api, ns, name, step, data, current)
+        log.info(f"{PAST[step.kind]} Secret {ns}/{name}", changed_keys=list(step.changed_keys), checksum=short(step.checksum))
+        _record_event(api, written, p, name, log)
+    roll = rollout_step(p)
+    if roll is not None:
+        _roll(api, ns, roll, log)
+        _clear_pending(api, ns, name, written)
+
+
+def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: RunContext) -> Plan:
     from jobs import kube
 
     name = settings.external_auth_target_secret
     client_id, client_secret = read_sources(api, ns, settings)
     data = desired_data(settings.external_auth_id, client_id, client_secret)
     adopt = bool(ctx.flags.get("adopt"))
-    for attempt in range(1, MAX_ATTEMPTS + 1):
+
+    def one_pass() -> Plan:
         target, current = observe_target(api, ns, name)
-        p = plan(target, data, namespace=ns, name=name, adopt=adopt, deployment=settings.coder_deployment)
-        log_plan(ctx.log, p.actions, ctx.dry_run)
-        if ctx.dry_run:
-            return p
-        written = current
-        if p.writes_secret:
-            try:
-                written = _write_secret(api, ns, name, p, data, current)
-            except (kube.KubeConflict, kube.KubeNotFound) as err:
-                ctx.log.info("the target Secret changed since we read it; reading it again", target=name,
-                             status=err.status, reason=err.reason, attempt=attempt)
-                continue
-            ctx.log.info(f"{PAST[p.secret]} Secret {ns}/{name}", changed_keys=list(p.changed_keys), checksum=short(p.checksum))
-            _record_event(api, written, p, name, ctx.log)
-        if p.rollout and settings.coder_deployment:
-            _roll(api, ns, settings.coder_deployment, p.checksum, ctx.log)
-            _clear_pending(api, ns, name, written, p.checksum, ctx.log)
+        deployment = settings.coder_deployment
+        state = observe_deployment(api, ns, deployment) if deployment and rollout_may_be_due(target, data) else None
+        p = plan(target, data, namespace=ns, name=name, adopt=adopt, deployment=deployment, deployment_state=state)
+        log_plan(ctx.log, p, ctx.dry_run)
+        if not ctx.dry_run:
+            apply(api, ns, name, p, data, current, ctx.log)
         return p
-    raise JobError(f"Secret {ns}/{name} kept changing under us: {MAX_ATTEMPTS} conflicting writes in a row; "
-                   "the next run converges")
+
+    def log_conflict(err: BaseException, attempt: int, _wait: float) -> None:
+        if isinstance(err, kube.KubeAPIError):
+            ctx.log.info("the target Secret changed since we read it; reading it again", target=name,
+                         status=err.status, reason=err.reason, attempt=attempt)
+        else:
+            ctx.log.info(f"{err}; reading it again", target=name, attempt=attempt)
+
+    try:
+        return retry.call(one_pass, retry=lambda e: isinstance(e, (kube.KubeConflict, kube.KubeNotFound, ConcurrentChange)),
+                          attempts=MAX_ATTEMPTS, initial=0.01, maximum=0.05, jitter=0.01, on_retry=log_conflict)
+    except (kube.KubeConflict, kube.KubeNotFound, ConcurrentChange):
+        raise JobError(f"Secret {ns}/{name} kept changing under us: {MAX_ATTEMPTS} conflicting writes in a row; "
+                       "the next run converges") from None
 
 
 def run(settings: ExternalAuthSettings, ctx: RunContext) -> int:
@@ -365,6 +414,7 @@ def run(settings: ExternalAuthSettings, ctx: RunContext) -> int:
         p = converge(api, ns, settings, ctx)
     finally:
         api.close()
+    step = secret_step(p)
     summary(ctx.log, checked=len(p.actions), changed=sum(a.writes for a in p.actions), dry_run=ctx.dry_run,
-            target_action=p.secret, rollout=p.rollout, checksum=short(p.checksum))
+            target_action=step.kind, rollout=rollout_step(p) is not None, checksum=short(step.checksum))
     return EXIT_OK

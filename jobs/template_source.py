@@ -22,11 +22,11 @@ class TemplateSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    display_name: str = Field("", max_length=64)
-    description: str = Field("", max_length=127)
+    display_name: str = Field(default="", max_length=64)
+    description: str = Field(default="", max_length=127)
     icon: str = ""
-    default_ttl_ms: int = Field(0, ge=0)
-    activity_bump_ms: int = Field(3_600_000, ge=0)
+    default_ttl_ms: int = Field(default=0, ge=0)
+    activity_bump_ms: int = Field(default=3_600_000, ge=0)
     allow_user_cancel_workspace_jobs: bool = False
     variables: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
 
@@ -84,9 +84,6 @@ class LocalTemplate:
     def variables_fingerprint(self) -> str:
         """Covers the full effective set, so a changed default publishes a version too."""
         return _values_fingerprint(self.variable_values())
-
-    def sensitive_variables(self) -> set[str]:
-        return {v.name for v in self.variables if v.sensitive}
 
 
 def _variable_problems(settings: TemplateSettings, declared: tuple[Variable, ...]) -> list[str]:

@@ -13,6 +13,11 @@ SIGNED_OUT = {"message": "You are signed out or your session has expired. Please
               "detail": "API key is invalid."}
 
 
+def read_me(client: CoderClient) -> dict:
+    """Any authenticated read will do to exercise the request policy."""
+    return client.request("GET", "/api/v2/users/me").json()
+
+
 def client_for(handler, **kw) -> tuple[CoderClient, list[float]]:
     sleeps: list[float] = []
     kw.setdefault("token", TOKEN)
@@ -31,7 +36,7 @@ def test_429_is_retried_after_the_servers_retry_after():
         return httpx.Response(200, json={"id": "u", "username": "admin"})
 
     client, sleeps = client_for(handler)
-    assert client.me().username == "admin"
+    assert read_me(client)["username"] == "admin"
     assert sleeps == [7.0]
 
 
@@ -44,7 +49,7 @@ def test_503_is_retried_for_a_read_but_not_for_an_unsafe_write():
 
     client, _ = client_for(handler, ready_timeout=2)
     with pytest.raises(CoderUnavailable):
-        client.me()
+        read_me(client)
     reads = len(calls)
     assert reads > 1
 
@@ -108,7 +113,7 @@ def test_a_rejected_session_triggers_one_relogin():
         return httpx.Response(200, json={"id": "u", "username": "admin"})
 
     client, _ = client_for(handler, email="a@b.io", password="x" * 20)
-    assert client.me().username == "admin"
+    assert read_me(client)["username"] == "admin"
     assert seen_tokens == [TOKEN, "newtokenid-0123456789abcdefghijkl"]
 
 
@@ -123,7 +128,7 @@ def test_a_401_from_a_database_outage_is_retried_not_treated_as_signed_out():
         return httpx.Response(200, json={"id": "u", "username": "admin"})
 
     client, sleeps = client_for(handler)
-    assert client.me().username == "admin"
+    assert read_me(client)["username"] == "admin"
     assert len(sleeps) == 1
 
 
@@ -137,8 +142,8 @@ def test_no_cookie_jar_is_kept_between_requests():
         return httpx.Response(200, json={"id": "u", "username": "admin"})
 
     client, _ = client_for(handler, token=None, email="a@b.io", password="x" * 20)
-    client.me()
-    client.me()
+    read_me(client)
+    read_me(client)
     assert cookies == [None, None, None]
 
 
@@ -160,7 +165,7 @@ def test_date_header_is_recorded_as_server_time():
         return httpx.Response(200, json={"id": "u", "username": "a"}, headers={"Date": "Tue, 01 Dec 2026 10:00:00 GMT"})
 
     client, _ = client_for(handler)
-    client.me()
+    read_me(client)
     assert client.server_date.isoformat() == "2026-12-01T10:00:00+00:00"
 
 
@@ -180,7 +185,7 @@ def test_a_password_login_is_logged_out_with_its_own_token_when_the_client_close
     calls = []
     client, _ = client_for(session_handler(calls), token=None, email="a@b.io", password="x" * 20)
     with client:
-        client.me()
+        read_me(client)
     [login, me, logout] = calls
     assert login[0] == "/api/v2/users/login" and logout[0] == "/api/v2/users/logout"
     assert me[1] == logout[1] and logout[1].startswith("login")
@@ -190,7 +195,7 @@ def test_the_session_is_logged_out_when_the_run_fails_too():
     calls = []
     client, _ = client_for(session_handler(calls), token=None, email="a@b.io", password="x" * 20)
     with pytest.raises(RuntimeError), client:
-        client.me()
+        read_me(client)
         raise RuntimeError("the job failed")
     assert calls[-1][0] == "/api/v2/users/logout"
 
@@ -199,14 +204,14 @@ def test_a_session_token_from_the_operator_is_never_logged_out():
     calls = []
     client, _ = client_for(session_handler(calls), email="a@b.io", password="x" * 20)
     with client:
-        client.me()
+        read_me(client)
     assert [path for path, _ in calls] == ["/api/v2/users/me"]
 
 
 def test_a_second_login_made_elsewhere_is_revoked_at_once_and_the_first_kept():
     calls = []
     client, _ = client_for(session_handler(calls), token=None, email="a@b.io", password="x" * 20)
-    client.me()  # logs in: session A
+    read_me(client)  # logs in: session A
     client.adopt_login(client.password_login("a@b.io", "x" * 20))  # session B, e.g. bootstrap's check
     client.close()
     logouts = [token for path, token in calls if path == "/api/v2/users/logout"]
@@ -218,5 +223,5 @@ def test_a_failed_logout_never_masks_the_runs_outcome():
     calls = []
     client, _ = client_for(session_handler(calls, logout_status=500), token=None, email="a@b.io", password="x" * 20)
     with client:
-        client.me()
+        read_me(client)
     assert calls[-1][0] == "/api/v2/users/logout"

@@ -7,7 +7,7 @@ first user, and for the reaper: only idle workspaces stopped, none stopped twice
 Decisions under 30% random 5xx (statuses 500/502/503/504, fixed seed):
 - bootstrap-admin, republish-templates, recover CONVERGE (exit 0). Reads are retried by the
   client (502/503/504); a 500, or a 5xx on a write, makes the job read the state again and
-  re-plan (jobs.converge.retry_transient), which is safe because every step is idempotent by
+  re-plan (jobs.retry.replan), which is safe because every step is idempotent by
   construction (POST /users/first answers 409 on a repeat, version names are deterministic
   and coderd 409s a second one, a template create 409s). A job that gives up on a flaky
   coderd would leave a database reset unhealed, so these must converge.

@@ -55,6 +55,7 @@ NEW_SECRET = CANARY_CLIENT_SECRET
 TARGET_PATH = rf"^/api/v1/namespaces/{NS}/secrets/{TARGET}$"
 CREATE_PATH = rf"^/api/v1/namespaces/{NS}/secrets$"
 DEPLOYMENT_PATH = rf"^/apis/apps/v1/namespaces/{NS}/deployments/coder$"
+EVENTS_PATH = rf"^/api/v1/namespaces/{NS}/events$"
 
 
 def b64(s: str) -> str:
@@ -324,13 +325,15 @@ def test_sync_killed_by_sigterm_while_rolling_coderd_exits_1_promptly_and_the_ne
     rotate(kube, env)
     killed = threading.Event()
 
-    def slow_deployment_read(fake, record):  # the Secret is written; the roll has not happened yet
-        if fake is kube.proxy and record.method == "GET" and record.path.endswith("/deployments/coder"):
+    # The Event is recorded once the Secret is written, before the roll (the Deployment was read
+    # with the target, before planning).
+    def slow_event(fake, record):  # the Secret is written; the roll has not happened yet
+        if fake is kube.proxy and record.method == "POST" and record.path.endswith("/events"):
             killed.wait(5)
 
-    with record_hook(slow_deployment_read):
+    with record_hook(slow_event):
         proc = start_job("sync-external-auth", env=env)
-        wait_until(lambda: kube.requests("GET", DEPLOYMENT_PATH), what="the Deployment read")
+        wait_until(lambda: kube.requests("POST", EVENTS_PATH), what="the Event on the written Secret")
         result, took = terminate(proc)
         killed.set()
 

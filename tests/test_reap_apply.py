@@ -4,14 +4,12 @@ its Kubernetes checks against the real API server."""
 from __future__ import annotations
 
 from datetime import timedelta
-from email.utils import format_datetime
 
 import pytest
 
-from jobs.context import RunContext
 from jobs.errors import CoderAPIError, CoderUnavailable, JobError
 from jobs.models import WorkspaceBuild
-from jobs.reap import Reaper
+from jobs.reap import Listing, apply_stops, delete_orphans, observe_and_plan
 from jobs.reap_rules import Policy
 from jobs.settings import ReapSettings
 from tests.test_reap_plan import NOW, H, ws
@@ -25,32 +23,32 @@ class Log:
         return lambda event, **kw: self.events.append({"level": level, "event": event, **kw})
 
 
-class Resp:
-    def __init__(self, status, body, date=NOW):
-        self.status_code, self._body = status, body
-        self.headers = {"Date": format_datetime(date, usegmt=True)}
-
-    def json(self):
-        return self._body
-
-
 class StubClient:
+    """The CoderClient calls the reaper makes, over a list of workspaces; every answer dated `date`."""
+
     def __init__(self, rows, *, fresh=None, stop_error=None, date=NOW):
         self.rows, self.fresh, self.stop_error, self.date = rows, fresh or {}, stop_error, date
         self.server_date = None
         self.stops, self.queries = [], []
 
-    def workspaces_page(self, q, limit, offset):
-        self.queries.append(q)
-        self.server_date = self.date
-        return self.rows[offset:offset + limit], len(self.rows)
+    def listed(self, q):
+        return self.rows
 
-    def request(self, method, path, ok=()):
-        wid = path.rsplit("/", 1)[1]
-        w = self.fresh.get(wid, next((r for r in self.rows if r.id == wid), None))
-        if w is None:
-            return Resp(410, {"message": "gone"}, self.date)
-        return Resp(200, w.model_dump(mode="json"), self.date)
+    def workspace_pages(self, q, page_size):
+        self.queries.append(q)
+        rows = self.listed(q)
+        offset = 0
+        while True:
+            self.server_date = self.date
+            page = rows[offset:offset + page_size]
+            yield page
+            offset += len(page)
+            if not page or offset >= len(rows):
+                return
+
+    def workspace(self, wid):
+        self.server_date = self.date
+        return self.fresh.get(wid, next((r for r in self.rows if r.id == wid), None))
 
     def stop_workspace(self, wid):
         if self.stop_error:
@@ -59,28 +57,50 @@ class StubClient:
         return WorkspaceBuild.model_validate({"id": "b", "transition": "stop", "build_number": 2, "job": {"id": "j", "status": "pending"}})
 
 
+class Pass:
+    """One reap pass over a stub client: plan() observes and plans, apply() takes the plan's stops."""
+
+    def __init__(self, client, dry_run=False, **env):
+        self.client, self.dry_run = client, dry_run
+        self.settings = ReapSettings(coder_url="http://x", coder_session_token="abcdefghij-0123456789abcdefghijkl",
+                                     reap_page_size=2, **env)
+        self.policy, self.log, self.counts, self.api = Policy(2 * H), Log(), {}, None
+        self.listing = Listing(client, self.settings.reap_page_size)
+
+    def plan(self, delete_orphans=False):
+        p = observe_and_plan(self.listing, self.api, self.settings, self.policy, self.log, dry_run=self.dry_run,
+                             delete_orphans=delete_orphans)
+        self.counts = dict(p.counts)
+        return p
+
+    def stops(self):
+        return [a.data for a in self.plan().of_kind("stop")]
+
+    def apply(self, p):
+        for key, n in apply_stops(p, self.client, self.policy, self.settings.reap_concurrency, self.log).items():
+            self.counts[key] = self.counts.get(key, 0) + n
+
+
 def reaper(client, dry_run=False, **env):
-    settings = ReapSettings(coder_url="http://x", coder_session_token="abcdefghij-0123456789abcdefghijkl", reap_page_size=2, **env)
-    return Reaper(client, settings, Policy(2 * H), RunContext(dry_run=dry_run, log=Log()))
+    return Pass(client, dry_run, **env)
 
 
 def test_now_comes_from_the_date_header_not_the_pod_clock():
     rows = [ws("a", "w1", last_used=NOW - 3 * H, completed=NOW - 3 * H)]
     # coderd says it is 2 h earlier than NOW: then the workspace is only 1 h idle
     r = reaper(StubClient(rows, date=NOW - 2 * H))
-    idle, quota = r.plan()
-    assert idle == [] and r.now == NOW - 2 * H
+    assert r.stops() == [] and r.listing.now == NOW - 2 * H
     r = reaper(StubClient(rows, date=NOW))
-    assert [c.name for c in r.plan()[0]] == ["w1"]
+    assert [c.name for c in r.stops()] == ["w1"]
 
 
 def test_stop_409_is_busy_and_not_a_failure():
     rows = [ws("a", "w1")]
     client = StubClient(rows, stop_error=CoderAPIError("POST", "/builds", 409, "A workspace build is already active."))
     r = reaper(client)
-    r.apply_stops([(c, "idle") for c in r.plan()[0]])
+    r.apply(r.plan())
     assert r.counts["busy"] == 1 and r.counts.get("failed", 0) == 0
-    assert [e["event"] for e in r.ctx.log.events if e.get("phase") == "apply"] == ["busy"]
+    assert [e["event"] for e in r.log.events if e.get("phase") == "apply"] == ["busy"]
 
 
 def test_recheck_skips_workspaces_that_changed_since_the_listing():
@@ -89,19 +109,19 @@ def test_recheck_skips_workspaces_that_changed_since_the_listing():
              rows[1].id: ws("a", "building", wid=rows[1].id, job="running")}
     client = StubClient(rows, fresh=fresh)
     r = reaper(client)
-    idle, _ = r.plan()
+    p = r.plan()
     client.rows = [rows[0], rows[1], rows[3]]  # "deleted" is gone now
-    r.apply_stops([(c, "idle") for c in idle])
+    r.apply(p)
     assert client.stops == [rows[3].id]
-    assert r.counts["busy"] == 1 and r.counts["changed"] == 2
+    assert r.counts["busy"] == 1 and r.counts["skipped"] == 2
 
 
 def test_other_stop_errors_count_as_failed():
     for err in (CoderAPIError("POST", "/b", 403, "You do not have permission"), CoderUnavailable("down")):
         r = reaper(StubClient([ws("a", "w")], stop_error=err))
-        r.apply_stops([(c, "idle") for c in r.plan()[0]])
+        r.apply(r.plan())
         assert r.counts["failed"] == 1
-        (e,) = [e for e in r.ctx.log.events if e["event"] == "stop-failed"]
+        (e,) = [e for e in r.log.events if e["event"] == "stop-failed"]
         assert e["level"] == "warning"
 
 
@@ -134,14 +154,11 @@ def _api_client(kube, tmp_path):
 
 
 class IdClient(StubClient):
-    def workspaces_page(self, q, limit, offset):
-        rows = self.rows
+    def listed(self, q):
         if q.startswith("id:"):
             wanted = set(q[3:].split(","))
-            rows = [r for r in rows if r.id in wanted]
-        self.queries.append(q)
-        self.server_date = self.date
-        return rows[offset:offset + limit], len(rows)
+            return [r for r in self.rows if r.id in wanted]
+        return self.rows
 
 
 def test_kube_checks_against_the_kubernetes_api(kube, tmp_path):
@@ -161,18 +178,20 @@ def test_kube_checks_against_the_kubernetes_api(kube, tmp_path):
     api = _api_client(kube, tmp_path)
     try:
         r = reaper(IdClient([running, stopped]), reap_workspace_namespace=NS)
-        r.kube = api
-        doomed = r.kube_checks()
-        assert sorted((k, wid) for k, _n, _u, wid in doomed) == sorted(
+        r.api = api
+        p = r.plan(delete_orphans=True)
+        doomed = [a.data for a in p.of_kind("orphan")]
+        assert sorted((o.kind, o.workspace_id) for o in doomed) == sorted(
             [(kind, wid) for kind in ("pod", "deployment", "secret") for wid in (stopped.id, ghost)])
-        assert [e["percent"] for e in r.ctx.log.events if e["event"] == "quota-usage-high"] == [90.0]
-        r.delete_orphans(doomed)
+        assert [a.details["percent"] for a in p.of_kind("quota-usage-high")] == [90.0]
+        for key, n in delete_orphans(p, api, NS, r.log).items():
+            r.counts[key] = r.counts.get(key, 0) + n
         for kind in ("pods", "secrets"):
             assert [o["metadata"]["labels"]["com.coder.workspace.id"] for o in kube.objects(kind, NS)] == [running.id]
         assert [d["metadata"]["labels"]["com.coder.workspace.id"] for d in kube.objects("deployments", NS)] == [running.id]
         assert r.counts["deleted"] == 6 and r.counts["orphan_secrets"] == 2
         assert {(w.method, w.status) for w in kube.writes()} == {("DELETE", 200)}
-        deleted = [e["target"].split("/")[0] for e in r.ctx.log.events if e["event"] == "deleted"]
+        deleted = [e["target"].split("/")[0] for e in r.log.events if e["event"] == "deleted"]
         assert deleted == ["deployment", "deployment", "pod", "pod", "secret", "secret"]  # credentials last
     finally:
         api.close()

@@ -69,9 +69,9 @@ def test_rules_override_idle_after_and_exemption():
 
 def run_scan(rows, max_stops=20, policy=POLICY, totals=False):
     events = []
-    scan = Scan(NOW, policy, max_stops, events.append, count_totals=totals)
+    scan = Scan(NOW, policy, max_stops, count_totals=totals)
     for w in rows:
-        scan.add(w)
+        events += scan.add(w)
     return scan.finish(), events
 
 

@@ -7,7 +7,8 @@ import base64
 import json
 
 import pytest
-from hypothesis import given, strategies as st
+from hypothesis import given
+from hypothesis import strategies as st
 
 from jobs.errors import ConfigError
 from jobs.sync_external_auth import (
@@ -19,11 +20,14 @@ from jobs.sync_external_auth import (
     KEY_TYPE,
     MANAGED_LABELS,
     ROLLOUT_PENDING_ANNOTATION,
+    DeploymentState,
     TargetState,
     checksum,
     desired_data,
     event_for,
     plan,
+    rollout_step,
+    secret_step,
     source_value,
 )
 from tests.conftest import CANARY_CLIENT_SECRET, assert_no_secret, run_job
@@ -394,18 +398,20 @@ def state(data=None, labels=None, annotations=None) -> TargetState:
 
 def test_plan_create_and_nothing():
     p = plan(None, DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (p.secret, p.rollout, p.annotations[ROLLOUT_PENDING_ANNOTATION]) == ("create", True, SUM)
+    step = secret_step(p)
+    assert (step.kind, rollout_step(p) is not None, step.annotations[ROLLOUT_PENDING_ANNOTATION]) == ("create", True, SUM)
     assert [a.kind for a in p.actions] == ["create-secret", "roll-deployment"]
     p = plan(state(), DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (p.secret, p.rollout, [a.kind for a in p.actions]) == ("nothing", False, ["nothing"])
+    assert (secret_step(p).kind, rollout_step(p) is not None, [a.kind for a in p.actions]) == ("nothing", False, ["nothing"])
     assert not any(a.writes for a in p.actions)
 
 
 def test_plan_update_on_a_changed_value_names_only_keys():
     new = desired_data("github", CLIENT_ID, "another-secret-value-123456")
     p = plan(state(), new, namespace=NS, name=TARGET, deployment="coder")
-    assert (p.secret, p.rollout, p.changed_keys) == ("update", True, (KEY_CLIENT_SECRET,))
-    assert p.annotations == {CHECKSUM_ANNOTATION: checksum(new), ROLLOUT_PENDING_ANNOTATION: checksum(new)}
+    step = secret_step(p)
+    assert (step.kind, rollout_step(p) is not None, step.changed_keys) == ("update", True, (KEY_CLIENT_SECRET,))
+    assert step.annotations == {CHECKSUM_ANNOTATION: checksum(new), ROLLOUT_PENDING_ANNOTATION: checksum(new)}
     rendered = json.dumps([a.as_dict() for a in p.actions]) + json.dumps(event_for(p, TARGET))
     assert "another-secret-value" not in rendered and CLIENT_SECRET not in rendered
     assert event_for(p, TARGET)[0] == "ExternalAuthSecretUpdated"
@@ -414,28 +420,42 @@ def test_plan_update_on_a_changed_value_names_only_keys():
 def test_plan_metadata_only_updates_do_not_roll():
     p = plan(state(labels={"app.kubernetes.io/managed-by": "coder-jobs"}), DATA,
              namespace=NS, name=TARGET, deployment="coder")
-    assert (p.secret, p.rollout, p.changed_keys) == ("update", False, ())
+    assert (secret_step(p).kind, rollout_step(p) is not None, secret_step(p).changed_keys) == ("update", False, ())
     p = plan(state(annotations={}), DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (p.secret, p.rollout) == ("update", False)
+    assert (secret_step(p).kind, rollout_step(p) is not None) == ("update", False)
 
 
 def test_plan_removes_extra_keys():
     p = plan(state(data={**DATA, "EXTRA": "x"}), DATA, namespace=NS, name=TARGET)
-    assert p.secret == "update" and p.changed_keys == ("EXTRA",) and not p.rollout  # no Deployment configured
+    assert secret_step(p).kind == "update" and secret_step(p).changed_keys == ("EXTRA",)
+    assert rollout_step(p) is None  # no Deployment configured
 
 
 def test_plan_refuses_an_unmanaged_target_unless_adopting():
     with pytest.raises(ConfigError, match="has no app.kubernetes.io/managed-by label"):
         plan(state(labels={}), DATA, namespace=NS, name=TARGET)
     p = plan(state(labels={"x": "y"}), DATA, namespace=NS, name=TARGET, adopt=True, deployment="coder")
-    assert (p.secret, p.rollout) == ("adopt", False)  # same values: coderd has nothing new to read
-    assert p.labels == {"x": "y", **MANAGED_LABELS}
+    assert (secret_step(p).kind, rollout_step(p) is not None) == ("adopt", False)  # same values: coderd has nothing new to read
+    assert secret_step(p).labels == {"x": "y", **MANAGED_LABELS}
     assert event_for(p, TARGET)[0] == "ExternalAuthSecretAdopted"
 
 
 def test_plan_finishes_an_interrupted_rollout():
     pending = {CHECKSUM_ANNOTATION: SUM, ROLLOUT_PENDING_ANNOTATION: SUM}
     p = plan(state(annotations=pending), DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (p.secret, p.rollout) == ("nothing", True)
+    assert (secret_step(p).kind, rollout_step(p) is not None) == ("nothing", True)
     p = plan(state(annotations=pending), DATA, namespace=NS, name=TARGET, deployment=None)
-    assert (p.secret, p.rollout) == ("nothing", False)  # nothing to roll: the marker is left alone
+    assert (secret_step(p).kind, rollout_step(p) is not None) == ("nothing", False)  # nothing to roll: the marker is left alone
+
+
+def test_plan_patches_only_a_deployment_that_lacks_the_checksum():
+    """The Deployment as observed decides the patch; the marker is cleared whichever way."""
+    pending = {CHECKSUM_ANNOTATION: SUM, ROLLOUT_PENDING_ANNOTATION: SUM}
+    for observed, patch, found in ((DeploymentState(True, "sha256:old"), True, True),
+                                   (DeploymentState(True, SUM), False, True),  # a run cut short after its patch
+                                   (DeploymentState(False), False, False)):
+        p = plan(state(annotations=pending), DATA, namespace=NS, name=TARGET, deployment="coder",
+                 deployment_state=observed)
+        roll = rollout_step(p)
+        assert p.kinds() == ["nothing", "roll-deployment"]
+        assert (roll.patch, roll.found, roll.checksum) == (patch, found, SUM)
