@@ -13,9 +13,10 @@ import socket
 import struct
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -105,7 +106,7 @@ Handler = Callable[[Request], Response]
 
 # Called with (fake, record) for every request any fake answers: the test suite uses it to
 # check every exchange against Coder's OpenAPI spec, even ones a test later clears.
-RECORD_HOOKS: list[Callable[["FakeServer", Record], None]] = []
+RECORD_HOOKS: list[Callable[[FakeServer, Record], None]] = []
 
 
 class FakeServer:
@@ -146,7 +147,7 @@ class FakeServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._port}"
 
-    def start(self) -> "FakeServer":
+    def start(self) -> FakeServer:
         self._listen()
         return self
 
@@ -156,7 +157,7 @@ class FakeServer:
             self._reopen_timer.cancel()
         self._close_listener()
 
-    def __enter__(self) -> "FakeServer":
+    def __enter__(self) -> FakeServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -12,8 +12,9 @@ import random
 import socket
 import threading
 import time
+from collections.abc import Callable
 from http.cookies import SimpleCookie
-from typing import Any, Callable
+from typing import Any
 
 from fakes.base import WRITE_METHODS, FakeServer, Request, Response
 from fakes.coderd_common import (
@@ -143,7 +144,7 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         self._reset_state()
 
     # -- lifecycle ------------------------------------------------------------
-    def start(self) -> "FakeCoderd":
+    def start(self) -> FakeCoderd:
         super().start()
         if self._ticker is None:
             self._ticker_stop.clear()

@@ -125,16 +125,19 @@ def check_hcl_syntax(text: str, filename: str) -> None:
             continue
         if ch in ")]}":
             if not stack:
-                raise HCLSyntaxError(f"{where(line, col)}: Argument or block definition required; An argument or block definition is required here.")
+                raise HCLSyntaxError(f"{where(line, col)}: Argument or block definition required; "
+                                     "An argument or block definition is required here.")
             opener, ol, oc = stack.pop()
             if opener == "${":
                 if ch != "}":
-                    raise HCLSyntaxError(f"{where(line, col)}: Invalid expression; Expected the start of an expression, but found an invalid expression token.")
+                    raise HCLSyntaxError(f"{where(line, col)}: Invalid expression; Expected the start of an expression, "
+                                         "but found an invalid expression token.")
                 in_string = True  # back inside the enclosing string
                 adv()
                 continue
             if _PAIRS[opener] != ch:
-                raise HCLSyntaxError(f"{where(line, col)}: Missing close bracket; Found '{ch}' where '{_PAIRS[opener]}' was expected (opened at line {ol}).")
+                raise HCLSyntaxError(f"{where(line, col)}: Missing close bracket; Found '{ch}' where "
+                                     f"'{_PAIRS[opener]}' was expected (opened at line {ol}).")
             adv()
             continue
         adv()

@@ -8,7 +8,7 @@ import re
 import secrets
 import string
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from fakes.base import Request, Response
@@ -33,7 +33,7 @@ def rfc3339(ts: float | None) -> str:
     """Go's RFC3339Nano for a UTC time with microsecond precision (as Postgres stores it)."""
     if ts is None:
         return ZERO_TIME
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     frac = f"{dt.microsecond:06d}".rstrip("0")
     return dt.strftime("%Y-%m-%dT%H:%M:%S") + (f".{frac}" if frac else "") + "Z"
 
@@ -44,7 +44,7 @@ def opt_rfc3339(ts: float | None) -> str | None:
 
 def go_time_string(ts: float) -> str:
     """Go's time.Time.String() for a UTC time."""
-    dt = datetime.fromtimestamp(ts, tz=timezone.utc)
+    dt = datetime.fromtimestamp(ts, tz=UTC)
     frac = f"{dt.microsecond:06d}".rstrip("0")
     return dt.strftime("%Y-%m-%d %H:%M:%S") + (f".{frac}" if frac else "") + " +0000 UTC"
 
@@ -84,7 +84,7 @@ def to_epoch(value: Any) -> float | None:
         return float(value)
     if isinstance(value, datetime):
         if value.tzinfo is None:
-            value = value.replace(tzinfo=timezone.utc)
+            value = value.replace(tzinfo=UTC)
         return value.timestamp()
     if isinstance(value, str):
         return parse_rfc3339(value)
@@ -186,7 +186,7 @@ def read_json(req: Request, fields: dict[str, str]) -> dict[str, Any]:
     try:
         data = json.loads(req.body.decode("utf-8") if req.body else "")
     except (ValueError, UnicodeDecodeError) as exc:
-        raise BadBody(msg(400, "Request body must be valid JSON.", detail=str(exc)))
+        raise BadBody(msg(400, "Request body must be valid JSON.", detail=str(exc))) from None
     if data is None:
         return {}
     if not isinstance(data, dict):

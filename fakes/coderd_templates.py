@@ -79,7 +79,7 @@ def pagination(req: Request) -> tuple[int, int, str | None] | Response:
 
 class TemplatesMixin:
     # ======================================================================== files
-    def _files_limited(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response | None:
+    def _files_limited(self: FakeCoderd, req: Request, ctx: Ctx) -> Response | None:
         if not self.files_rate_limit:
             return None
         bypass = (req.header("x-coder-bypass-ratelimit") or "").lower() in ("true", "1", "t")
@@ -102,7 +102,7 @@ class TemplatesMixin:
             self._files_hits[ctx.user["id"]] = hits
         return None
 
-    def _post_file(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_file(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         limited = self._files_limited(req, ctx)
         if limited:
             return limited
@@ -128,13 +128,13 @@ class TemplatesMixin:
             self.files_by_hash[(ctx.user["id"], digest)] = fid
         return Response(201, {"hash": fid})
 
-    def _readable_file(self: "FakeCoderd", fid: str, ctx: "Ctx") -> dict | None:
+    def _readable_file(self: FakeCoderd, fid: str, ctx: Ctx) -> dict | None:
         f = self.files.get(fid)
         if f is None or not (ctx.is_template_admin or f["created_by"] == ctx.user["id"]):
             return None
         return f
 
-    def _get_file(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_file(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         limited = self._files_limited(req, ctx)
         if limited:
             return limited
@@ -148,7 +148,7 @@ class TemplatesMixin:
             return Response(200, f["data"], content_type=f["mimetype"])
 
     # ============================================================ template versions
-    def _job_json(self: "FakeCoderd", job: dict) -> dict:
+    def _job_json(self: FakeCoderd, job: dict) -> dict:
         status = self.job_status(job)
         out: dict[str, Any] = {
             "id": job["id"], "created_at": rfc3339(job["created_at"]), "status": status,
@@ -171,7 +171,7 @@ class TemplatesMixin:
             out["queue_position"] = 1 + sum(1 for j in pending if j["created_at"] < job["created_at"])
         return out
 
-    def _job_metadata(self: "FakeCoderd", job: dict) -> dict:
+    def _job_metadata(self: FakeCoderd, job: dict) -> dict:
         meta: dict[str, Any] = {}
         vid = job["input"].get("template_version_id")
         v = self.versions.get(vid) if vid else None
@@ -188,12 +188,12 @@ class TemplatesMixin:
                 meta.update(workspace_id=ws.id, workspace_name=ws.name)
         return meta
 
-    def _matched_provisioners(self: "FakeCoderd") -> dict:
+    def _matched_provisioners(self: FakeCoderd) -> dict:
         count = max(0, self.provisioners)
         return {"count": count, "available": 0 if self.provisioner_paused else count,
                 "most_recently_seen": rfc3339(self.now()) if count else None}
 
-    def _version_json(self: "FakeCoderd", v: dict, matched: bool = False) -> dict:
+    def _version_json(self: FakeCoderd, v: dict, matched: bool = False) -> dict:
         creator = self.users.get(v["created_by"]) or {"id": v["created_by"], "username": ""}
         out = {
             "id": v["id"], "organization_id": v["organization_id"], "created_at": rfc3339(v["created_at"]),
@@ -208,7 +208,7 @@ class TemplatesMixin:
             out["matched_provisioners"] = self._matched_provisioners()
         return out
 
-    def _readable_version(self: "FakeCoderd", vid: str, ctx: "Ctx") -> dict | None:
+    def _readable_version(self: FakeCoderd, vid: str, ctx: Ctx) -> dict | None:
         if not is_uuid(vid):
             return None
         v = self.versions.get(norm_uuid(vid))
@@ -219,7 +219,7 @@ class TemplatesMixin:
         t = self.templates.get(v["template_id"]) if v["template_id"] else None
         return v if t is not None and self._template_readable(t, ctx) else None
 
-    def _post_template_version(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_template_version(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         org = self._org_param(req.params["organization"], ctx)
         if isinstance(org, Response):
             return org
@@ -305,11 +305,11 @@ class TemplatesMixin:
             return Response(201, self._version_json(self.versions[vid], matched=True))
 
     # -- import job phases (called by the ticker, lock held) ----------------------
-    def _import_started(self: "FakeCoderd", job: dict) -> None:
+    def _import_started(self: FakeCoderd, job: dict) -> None:
         self._add_log(job, "Setting up", stage="Setting up")
         self._add_log(job, "Parsing template parameters", stage="Parsing template parameters")
 
-    def _import_finished(self: "FakeCoderd", job: dict) -> None:
+    def _import_finished(self: FakeCoderd, job: dict) -> None:
         plan = job.get("_plan") or {}
         info = plan.get("info")
         version = self.versions.get(job["input"].get("template_version_id"))
@@ -360,14 +360,14 @@ class TemplatesMixin:
                 job["error"] = f'external auth provider "{provider}" is not configured'
                 return
 
-    def _get_template_version(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_template_version(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             v = self._readable_version(req.params["templateversion"], ctx)
             if v is None:
                 return not_found()
             return Response(200, self._version_json(v))
 
-    def _get_template_version_logs(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_template_version_logs(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             v = self._readable_version(req.params["templateversion"], ctx)
             if v is None:
@@ -375,7 +375,7 @@ class TemplatesMixin:
             job = self.jobs[v["job_id"]]
         return self._job_logs(req, job)
 
-    def _job_logs(self: "FakeCoderd", req: Request, job: dict) -> Response:
+    def _job_logs(self: FakeCoderd, req: Request, job: dict) -> Response:
         if "follow" in req.query:
             return msg(400, "Failed to accept websocket.",
                        'WebSocket protocol violation: Connection header "" does not contain Upgrade')
@@ -391,7 +391,7 @@ class TemplatesMixin:
             logs = [dict(lg, created_at=rfc3339(lg["created_at"])) for lg in job["logs"] if lg["id"] > after_id]
         return Response(200, logs)
 
-    def _cancel_template_version(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _cancel_template_version(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             v = self._readable_version(req.params["templateversion"], ctx)
             if v is None:
@@ -401,7 +401,7 @@ class TemplatesMixin:
             job = self.jobs[v["job_id"]]
             return self._cancel_job(job)
 
-    def _cancel_job(self: "FakeCoderd", job: dict) -> Response:
+    def _cancel_job(self: FakeCoderd, job: dict) -> Response:
         if job["completed_at"] is not None:
             return msg(400, "Job has already completed!")
         if job["canceled_at"] is not None:
@@ -415,7 +415,7 @@ class TemplatesMixin:
         self.ws_generation += 1
         return msg(200, "Job has been marked as canceled...")
 
-    def _get_template_version_variables(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_template_version_variables(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             v = self._readable_version(req.params["templateversion"], ctx)
             if v is None:
@@ -434,14 +434,14 @@ class TemplatesMixin:
             return Response(200, out)
 
     # ==================================================================== templates
-    def _template_readable(self: "FakeCoderd", t: dict, ctx: "Ctx") -> bool:
+    def _template_readable(self: FakeCoderd, t: dict, ctx: Ctx) -> bool:
         if ctx.is_template_admin:
             return True
         if ctx.user["id"] in t["user_acl"]:
             return True
         return any(gid in ctx.user["org_ids"] for gid in t["group_acl"])
 
-    def _template_json(self: "FakeCoderd", t: dict) -> dict:
+    def _template_json(self: FakeCoderd, t: dict) -> dict:
         org = self.orgs.get(t["organization_id"], {})
         creator = self.users.get(t["created_by"], {})
         return {
@@ -465,13 +465,13 @@ class TemplatesMixin:
             "require_active_version": t["require_active_version"], "max_port_share_level": t["max_port_share_level"],
         }
 
-    def _template_by_name(self: "FakeCoderd", org_id: str, name: str) -> dict | None:
+    def _template_by_name(self: FakeCoderd, org_id: str, name: str) -> dict | None:
         for t in self.templates.values():
             if t["organization_id"] == org_id and not t["deleted"] and t["name"].lower() == name.lower():
                 return t
         return None
 
-    def _template_param(self: "FakeCoderd", req: Request, ctx: "Ctx") -> dict | Response:
+    def _template_param(self: FakeCoderd, req: Request, ctx: Ctx) -> dict | Response:
         tid = req.params["template"]
         if not is_uuid(tid):
             return msg(400, 'Invalid UUID "%s".' % tid)
@@ -501,7 +501,7 @@ class TemplatesMixin:
                     errs.append({"field": "autostart_requirement.days_of_week", "detail": f'invalid day "{day}"'})
         return errs
 
-    def _post_template(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_template(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         org = self._org_param(req.params["organization"], ctx)
         if isinstance(org, Response):
             return org
@@ -566,7 +566,7 @@ class TemplatesMixin:
             v["updated_at"] = now
             return Response(201, self._template_json(self.templates[tid]))
 
-    def _list_templates(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _list_templates(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         org = self._org_param(req.params["organization"], ctx)
         if isinstance(org, Response):
             return org
@@ -576,7 +576,7 @@ class TemplatesMixin:
             ts.sort(key=lambda t: (t["name"].lower(), t["id"]))
             return Response(200, [self._template_json(t) for t in ts])
 
-    def _get_template_by_name(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_template_by_name(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         org = self._org_param(req.params["organization"], ctx)
         if isinstance(org, Response):
             return org
@@ -586,14 +586,14 @@ class TemplatesMixin:
                 return not_found()
             return Response(200, self._template_json(t))
 
-    def _get_template(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_template(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             t = self._template_param(req, ctx)
             if isinstance(t, Response):
                 return t
             return Response(200, self._template_json(t))
 
-    def _delete_template(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _delete_template(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             t = self._template_param(req, ctx)
             if isinstance(t, Response):
@@ -606,7 +606,7 @@ class TemplatesMixin:
             t["updated_at"] = self.now()
         return msg(200, "Template has been deleted!")
 
-    def _patch_template(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _patch_template(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         body = read_json(req, {
             "name": "str", "display_name": "str", "description": "str", "icon": "str", "default_ttl_ms": "int",
             "activity_bump_ms": "int", "autostop_requirement": "dict", "autostart_requirement": "dict",
@@ -686,7 +686,7 @@ class TemplatesMixin:
             self.ws_generation += 1
             return Response(200, self._template_json(t))
 
-    def _template_versions(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _template_versions(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         page = pagination(req)
         if isinstance(page, Response):
             return page
@@ -709,7 +709,7 @@ class TemplatesMixin:
                 vs = vs[:limit]
             return Response(200, [self._version_json(v) for v in vs])
 
-    def _patch_active_version(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _patch_active_version(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         body = read_json(req, {"id": "uuid"})
         if not body.get("id"):
             return validation_failed([("id", "required", "00000000-0000-0000-0000-000000000000")])
@@ -736,7 +736,7 @@ class TemplatesMixin:
         return msg(200, "Updated the active template version!")
 
     # ================================================================= external auth
-    def _get_external_auth(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_external_auth(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         # Any signed-in user; `providers` are the configured ones, `links` this user's own
         # (coderd/externalauth.go `listUserExternalAuths`, BEHAVIOR.md §11). No links here.
         providers = [{"id": p, "type": p if p in ("github", "gitlab") else "", "device": False, "display_name": p,
@@ -745,7 +745,7 @@ class TemplatesMixin:
         return Response(200, {"providers": providers, "links": []})
 
     # ======================================================================= routes
-    def register_template_routes(self: "FakeCoderd") -> None:
+    def register_template_routes(self: FakeCoderd) -> None:
         self.api("POST", "/files", self._post_file)
         self.api("GET", "/external-auth", self._get_external_auth)
         self.api("GET", "/files/{fileID}", self._get_file)

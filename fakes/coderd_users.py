@@ -45,7 +45,7 @@ def _hash_password(password: str) -> str:
 
 class UsersMixin:
     # -- records -----------------------------------------------------------------
-    def _new_user_record(self: "FakeCoderd", user_id: str, username: str, email: str, name: str,
+    def _new_user_record(self: FakeCoderd, user_id: str, username: str, email: str, name: str,
                          password: str | None, roles: tuple[str, ...] | list[str], login_type: str,
                          *, system: bool = False) -> dict:
         now = self.now()
@@ -57,7 +57,7 @@ class UsersMixin:
             "deleted": False, "is_system": system,
         }
 
-    def _user_json(self: "FakeCoderd", u: dict) -> dict:
+    def _user_json(self: FakeCoderd, u: dict) -> dict:
         return {
             "id": u["id"], "username": u["username"], "avatar_url": "", "name": u["name"], "email": u["email"],
             "created_at": rfc3339(u["created_at"]), "updated_at": rfc3339(u["updated_at"]),
@@ -66,17 +66,17 @@ class UsersMixin:
             "roles": [{"name": r, "display_name": ROLE_DISPLAY.get(r, r), "organization_id": ""} for r in u["roles"]],
         }
 
-    def _org_json(self: "FakeCoderd", o: dict) -> dict:
+    def _org_json(self: FakeCoderd, o: dict) -> dict:
         return {
             "id": o["id"], "name": o["name"], "display_name": o["display_name"], "description": o["description"],
             "icon": o["icon"], "created_at": rfc3339(o["created_at"]), "updated_at": rfc3339(o["updated_at"]),
             "is_default": o["is_default"],
         }
 
-    def _human_users(self: "FakeCoderd") -> list[dict]:
+    def _human_users(self: FakeCoderd) -> list[dict]:
         return [u for u in self.users.values() if not u["deleted"] and not u["is_system"]]
 
-    def _find_user(self: "FakeCoderd", ident: str) -> dict | None:
+    def _find_user(self: FakeCoderd, ident: str) -> dict | None:
         """By uuid or case-insensitive username. Caller holds the lock."""
         if is_uuid(ident):
             u = self.users.get(norm_uuid(ident))
@@ -85,7 +85,7 @@ class UsersMixin:
             u = self.users.get(uid) if uid else None
         return u if u is not None and not u["deleted"] else None
 
-    def _user_param(self: "FakeCoderd", req: Request, ctx: "Ctx") -> dict | Response:
+    def _user_param(self: FakeCoderd, req: Request, ctx: Ctx) -> dict | Response:
         ident = req.params.get("user", "")
         if ident == "me":
             return ctx.user
@@ -95,7 +95,7 @@ class UsersMixin:
             return msg(400, USER_PARAM_ERROR, f"queried user={ident!r}".replace("'", '"'))
         return u
 
-    def _org_param(self: "FakeCoderd", ident: str, ctx: "Ctx | None") -> dict | Response:
+    def _org_param(self: FakeCoderd, ident: str, ctx: Ctx | None) -> dict | Response:
         if not ident:
             return msg(400, '"organization" must be provided.')
         with self.lock:
@@ -116,7 +116,7 @@ class UsersMixin:
             return org
 
     # -- seeding helpers ---------------------------------------------------------
-    def create_user(self: "FakeCoderd", username: str, email: str | None = None, password: str = "SomeSecurePassw0rd!",
+    def create_user(self: FakeCoderd, username: str, email: str | None = None, password: str = "SomeSecurePassw0rd!",
                     roles: tuple[str, ...] | list[str] = ("owner",), *, name: str = "",
                     status: str = "active", login_type: str = "password") -> dict:
         """Insert a user directly (no validation); returns its codersdk.User JSON."""
@@ -131,7 +131,7 @@ class UsersMixin:
             self.users_by_name[username.lower()] = uid
             return self._user_json(u)
 
-    def _ensure_user(self: "FakeCoderd", username: str, roles: tuple[str, ...] = ()) -> dict:
+    def _ensure_user(self: FakeCoderd, username: str, roles: tuple[str, ...] = ()) -> dict:
         with self.lock:
             u = self._find_user(username)
             if u is None:
@@ -139,7 +139,7 @@ class UsersMixin:
                 u = self._find_user(username)
             return u  # type: ignore[return-value]
 
-    def token_for(self: "FakeCoderd", username: str, lifetime_s: float | None = None) -> str:
+    def token_for(self: FakeCoderd, username: str, lifetime_s: float | None = None) -> str:
         """A fresh API token (login type `token`) for an existing user."""
         with self.lock:
             u = self._find_user(username)
@@ -148,17 +148,17 @@ class UsersMixin:
             return self._insert_key(u["id"], "token", lifetime_s or self.default_token_lifetime_s,
                                     token_name=docker_name(self.rng) + new_id()[:4])
 
-    def race_first_user(self: "FakeCoderd", calls: int = 2) -> None:
+    def race_first_user(self: FakeCoderd, calls: int = 2) -> None:
         """The next `calls` POST /users/first all pass the 409 check before any inserts."""
         self.first_user_barrier = threading.Barrier(calls)
 
-    def user(self: "FakeCoderd", username: str) -> dict | None:
+    def user(self: FakeCoderd, username: str) -> dict | None:
         with self.lock:
             u = self._find_user(username)
             return self._user_json(u) if u else None
 
     # -- routes ------------------------------------------------------------------
-    def register_user_routes(self: "FakeCoderd") -> None:
+    def register_user_routes(self: FakeCoderd) -> None:
         self.api("GET", "/users/first", self._get_first_user, auth=False)
         self.api("POST", "/users/first", self._post_first_user, auth=False, csrf_exempt=True)
         self.api("POST", "/users/login", self._post_login, auth=False)
@@ -175,13 +175,13 @@ class UsersMixin:
         self.api("GET", "/organizations", self._get_orgs)
         self.api("GET", "/organizations/{organization}", self._get_org)
 
-    def _get_first_user(self: "FakeCoderd", req: Request) -> Response:
+    def _get_first_user(self: FakeCoderd, req: Request) -> Response:
         with self.lock:
             if self._human_users():
                 return msg(200, "The initial user has already been created!")
         return msg(404, "The initial user has not been created!")
 
-    def _post_first_user(self: "FakeCoderd", req: Request) -> Response:
+    def _post_first_user(self: FakeCoderd, req: Request) -> Response:
         body = read_json(req, {"email": "str", "username": "str", "name": "str", "password": "str",
                                "trial": "bool", "trial_info": "dict", "setup_token": "str"})
         email, username = body.get("email", ""), body.get("username", "")
@@ -238,7 +238,7 @@ class UsersMixin:
             self.users_by_name[username.lower()] = uid
             return Response(201, {"user_id": uid, "organization_id": self.default_org_id})
 
-    def _post_login(self: "FakeCoderd", req: Request) -> Response:
+    def _post_login(self: FakeCoderd, req: Request) -> Response:
         body = read_json(req, {"email": "str", "password": "str"})
         email, password = body.get("email", ""), body.get("password", "")
         errors: list[tuple[str, str, Any]] = []
@@ -267,7 +267,7 @@ class UsersMixin:
             "Set-Cookie": f"coder_session_token={token}; Path=/; Expires={cookie_exp}; HttpOnly; SameSite=Lax",
         })
 
-    def _post_logout(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_logout(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         # Deletes the key the call was made with, and clears the cookie (coderd/userauth.go
         # `postLogout`; BEHAVIOR.md §11). Nothing else ever removes a login's key row.
         with self.lock:
@@ -275,31 +275,31 @@ class UsersMixin:
         return Response(200, {"message": "Logged out!"},
                         headers={"Set-Cookie": "coder_session_token=; Path=/; Max-Age=0"})
 
-    def api_key_count(self: "FakeCoderd", login_type: str | None = None) -> int:
+    def api_key_count(self: FakeCoderd, login_type: str | None = None) -> int:
         """Rows in coderd's api_keys table (optionally of one login type: password, token)."""
         with self.lock:
             return sum(1 for k in self.keys.values() if login_type is None or k["login_type"] == login_type)
 
-    def _get_user(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_user(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
         with self.lock:
             return Response(200, self._user_json(u))
 
-    def _get_user_orgs(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_user_orgs(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
         with self.lock:
             return Response(200, [self._org_json(self.orgs[o]) for o in u["org_ids"] if o in self.orgs])
 
-    def _get_orgs(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_orgs(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             orgs = [o for o in self.orgs.values() if ctx.is_owner or o["id"] in ctx.user["org_ids"]]
             return Response(200, [self._org_json(o) for o in sorted(orgs, key=lambda o: o["created_at"])])
 
-    def _get_org(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_org(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         org = self._org_param(req.params.get("organization", ""), ctx)
         if isinstance(org, Response):
             return org
@@ -307,7 +307,7 @@ class UsersMixin:
             return Response(200, self._org_json(org))
 
     # -- keys --------------------------------------------------------------------
-    def _key_json(self: "FakeCoderd", k: dict, with_owner: bool = False) -> dict:
+    def _key_json(self: FakeCoderd, k: dict, with_owner: bool = False) -> dict:
         out = {
             "id": k["id"], "user_id": k["user_id"], "last_used": rfc3339(k["last_used"]),
             "expires_at": rfc3339(k["expires_at"]), "created_at": rfc3339(k["created_at"]),
@@ -319,10 +319,10 @@ class UsersMixin:
             out["username"] = u["username"] if u else ""
         return out
 
-    def _may_manage_keys(self: "FakeCoderd", ctx: "Ctx", user: dict) -> bool:
+    def _may_manage_keys(self: FakeCoderd, ctx: Ctx, user: dict) -> bool:
         return ctx.is_owner or ctx.user["id"] == user["id"]
 
-    def _post_token(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_token(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
@@ -355,7 +355,7 @@ class UsersMixin:
             self.keys[token.split("-")[0]]["lifetime_seconds"] = int(lifetime_s)
         return Response(201, {"key": token})
 
-    def _post_session_key(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_session_key(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
@@ -365,7 +365,7 @@ class UsersMixin:
             token = self._insert_key(u["id"], "password", 7 * 24 * 3600)
         return Response(201, {"key": token})
 
-    def _get_tokens(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_tokens(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
@@ -377,13 +377,13 @@ class UsersMixin:
             keys.sort(key=lambda k: k["created_at"])
             return Response(200, [self._key_json(k) for k in keys])
 
-    def _get_token_config(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_token_config(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
         return Response(200, {"max_token_lifetime": int(self.max_token_lifetime_s * NS)})
 
-    def _get_token_by_name(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_token_by_name(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
@@ -394,7 +394,7 @@ class UsersMixin:
                         return Response(200, self._key_json(k))
         return not_found()
 
-    def _get_key(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_key(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
@@ -404,7 +404,7 @@ class UsersMixin:
                 return not_found()
             return Response(200, self._key_json(k))
 
-    def _delete_key(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _delete_key(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u

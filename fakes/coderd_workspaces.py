@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
 from fakes.base import Request, Response
 from fakes.coderd_common import (
@@ -59,11 +60,11 @@ class Build:
 
 class WorkspacesMixin:
     # -- state helpers -------------------------------------------------------------
-    def _ws_status(self: "FakeCoderd", ws: Workspace) -> str:
+    def _ws_status(self: FakeCoderd, ws: Workspace) -> str:
         b = ws.latest_build
         return workspace_status(self.job_status(b.job), b.transition)
 
-    def _ws_index(self: "FakeCoderd") -> tuple[list[Workspace], dict[str, list[Workspace]]]:
+    def _ws_index(self: FakeCoderd) -> tuple[list[Workspace], dict[str, list[Workspace]]]:
         """Live workspaces in coderd's order (running first, owner, name), cached until anything changes."""
         cache = self._ws_cache
         if cache is not None and cache[0] == self.ws_generation:
@@ -82,10 +83,10 @@ class WorkspacesMixin:
         self._ws_cache = (self.ws_generation, ordered, by_status)
         return ordered, by_status
 
-    def _ws_readable(self: "FakeCoderd", ws: Workspace, ctx: "Ctx") -> bool:
+    def _ws_readable(self: FakeCoderd, ws: Workspace, ctx: Ctx) -> bool:
         return ctx.is_template_admin or ws.owner_id == ctx.user["id"]
 
-    def _build_json(self: "FakeCoderd", ws: Workspace, b: Build, matched: bool = False) -> dict:
+    def _build_json(self: FakeCoderd, ws: Workspace, b: Build, matched: bool = False) -> dict:
         job_status = self.job_status(b.job)
         version = self.versions.get(b.template_version_id)
         out = {
@@ -103,7 +104,7 @@ class WorkspacesMixin:
             out["matched_provisioners"] = self._matched_provisioners()
         return out
 
-    def _ws_json(self: "FakeCoderd", ws: Workspace) -> dict:
+    def _ws_json(self: FakeCoderd, ws: Workspace) -> dict:
         t = self.templates.get(ws.template_id) or {}
         org = self.orgs.get(ws.org_id) or {}
         out = {
@@ -133,7 +134,7 @@ class WorkspacesMixin:
         return out
 
     # -- seeding -------------------------------------------------------------------
-    def seed_template(self: "FakeCoderd", name: str, *, org: str | None = None, created_by: str | None = None,
+    def seed_template(self: FakeCoderd, name: str, *, org: str | None = None, created_by: str | None = None,
                       **fields: Any) -> dict:
         """A template whose only (active) version has a succeeded import job. Returns codersdk.Template JSON."""
         with self.lock:
@@ -171,7 +172,7 @@ class WorkspacesMixin:
             self.templates[tid] = t
             return self._template_json(t)
 
-    def seed_workspaces(self: "FakeCoderd", specs: Iterable[dict]) -> list[str]:
+    def seed_workspaces(self: FakeCoderd, specs: Iterable[dict]) -> list[str]:
         """Insert workspaces with a latest build in a given state; returns their ids.
 
         Spec keys: owner, name, template, transition (start), job_status (succeeded),
@@ -242,13 +243,13 @@ class WorkspacesMixin:
             self.ws_generation += 1
         return ids
 
-    def workspace(self: "FakeCoderd", ident: str) -> dict | None:
+    def workspace(self: FakeCoderd, ident: str) -> dict | None:
         """Workspace JSON by id or `owner/name` (deleted ones included)."""
         with self.lock:
             ws = self._find_ws(ident)
             return self._ws_json(ws) if ws else None
 
-    def _find_ws(self: "FakeCoderd", ident: str) -> Workspace | None:
+    def _find_ws(self: FakeCoderd, ident: str) -> Workspace | None:
         if is_uuid(ident):
             return self.workspaces.get(norm_uuid(ident))
         owner, _, name = ident.partition("/")
@@ -257,7 +258,7 @@ class WorkspacesMixin:
                 return ws
         return None
 
-    def set_last_used(self: "FakeCoderd", ident: str, when: Any) -> None:
+    def set_last_used(self: FakeCoderd, ident: str, when: Any) -> None:
         with self.lock:
             ws = self._find_ws(ident)
             if ws is None:
@@ -266,7 +267,7 @@ class WorkspacesMixin:
             self.ws_generation += 1
 
     # -- routes ----------------------------------------------------------------------
-    def register_workspace_routes(self: "FakeCoderd") -> None:
+    def register_workspace_routes(self: FakeCoderd) -> None:
         self.api("GET", "/workspaces", self._list_workspaces)
         self.api("GET", "/workspaces/{workspace}", self._get_workspace)
         self.api("POST", "/workspaces/{workspace}/builds", self._post_build)
@@ -276,7 +277,7 @@ class WorkspacesMixin:
         self.api("GET", "/workspacebuilds/{workspacebuild}/logs", self._get_build_logs)
         self.api("GET", "/users/{user}/workspace/{workspacename}", self._get_workspace_by_owner_name)
 
-    def _list_workspaces(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _list_workspaces(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         page = pagination(req)
         if isinstance(page, Response):
             return page
@@ -347,7 +348,7 @@ class WorkspacesMixin:
             window = matched[offset:offset + limit] if limit else matched[offset:]
             return Response(200, {"workspaces": [self._ws_json(ws) for ws in window], "count": count})
 
-    def _ws_param(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Workspace | Response:
+    def _ws_param(self: FakeCoderd, req: Request, ctx: Ctx) -> Workspace | Response:
         ident = req.params["workspace"]
         if not is_uuid(ident):
             return msg(400, f'Invalid UUID "{ident}".')
@@ -356,11 +357,11 @@ class WorkspacesMixin:
             return not_found()
         return ws
 
-    def _gone(self: "FakeCoderd", ws: Workspace) -> Response:
+    def _gone(self: FakeCoderd, ws: Workspace) -> Response:
         return msg(410, f"Workspace {ws.id!r} was deleted, you can view this workspace by specifying '?deleted=true' "
                         "and trying again.".replace("'" + ws.id + "'", f'"{ws.id}"'))
 
-    def _get_workspace(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_workspace(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             ws = self._ws_param(req, ctx)
             if isinstance(ws, Response):
@@ -369,7 +370,7 @@ class WorkspacesMixin:
                 return self._gone(ws)
             return Response(200, self._ws_json(ws))
 
-    def _get_workspace_by_owner_name(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_workspace_by_owner_name(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         u = self._user_param(req, ctx)
         if isinstance(u, Response):
             return u
@@ -380,7 +381,7 @@ class WorkspacesMixin:
                         return Response(200, self._ws_json(ws))
         return not_found()
 
-    def _post_build(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _post_build(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         body = read_json(req, {"transition": "str", "template_version_id": "uuid", "dry_run": "bool", "state": "list",
                                "orphan": "bool", "rich_parameter_values": "list", "log_level": "str",
                                "template_version_preset_id": "uuid"})
@@ -434,11 +435,11 @@ class WorkspacesMixin:
             return Response(201, self._build_json(ws, b, matched=True))
 
     # -- build job phases (ticker, lock held) ------------------------------------------
-    def _build_started(self: "FakeCoderd", job: dict) -> None:
+    def _build_started(self: FakeCoderd, job: dict) -> None:
         self._add_log(job, "Setting up", stage="Setting up")
         self._add_log(job, "Planning infrastructure", stage="Planning infrastructure")
 
-    def _build_finished(self: "FakeCoderd", job: dict) -> None:
+    def _build_finished(self: FakeCoderd, job: dict) -> None:
         b = self.builds.get(job["input"].get("workspace_build_id"))
         if not job["error"] and self.build_error:
             job["error"] = self.build_error
@@ -461,7 +462,7 @@ class WorkspacesMixin:
         if b.transition == "delete":
             ws.deleted = True
 
-    def _readable_build(self: "FakeCoderd", req: Request, ctx: "Ctx") -> tuple[Any, Any] | Response:
+    def _readable_build(self: FakeCoderd, req: Request, ctx: Ctx) -> tuple[Any, Any] | Response:
         bid = req.params["workspacebuild"]
         b = self.builds.get(norm_uuid(bid)) if is_uuid(bid) else None
         ws = self.workspaces.get(b.workspace_id) if b else None
@@ -469,7 +470,7 @@ class WorkspacesMixin:
             return not_found()
         return ws, b
 
-    def _get_build(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_build(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             found = self._readable_build(req, ctx)
             if isinstance(found, Response):
@@ -477,7 +478,7 @@ class WorkspacesMixin:
             ws, b = found
             return Response(200, self._build_json(ws, b))
 
-    def _get_build_logs(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _get_build_logs(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             found = self._readable_build(req, ctx)
             if isinstance(found, Response):
@@ -486,14 +487,14 @@ class WorkspacesMixin:
             job = b.job
         return self._job_logs(req, job)
 
-    def _list_builds(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _list_builds(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         with self.lock:
             ws = self._ws_param(req, ctx)
             if isinstance(ws, Response):
                 return ws
             return Response(200, [self._build_json(ws, b) for b in reversed(ws.builds)])
 
-    def _put_dormant(self: "FakeCoderd", req: Request, ctx: "Ctx") -> Response:
+    def _put_dormant(self: FakeCoderd, req: Request, ctx: Ctx) -> Response:
         body = read_json(req, {"dormant": "bool"})
         with self.lock:
             ws = self._ws_param(req, ctx)

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,7 @@ def count_coderd(fake: FakeCoderd, run: Run) -> None:
 
 def seed_workspaces(fake: FakeCoderd) -> tuple[float, float]:
     """40 running workspaces with distinct idle times; returns the shortest and longest, in seconds."""
-    now = datetime.fromtimestamp(fake.now(), timezone.utc)
+    now = datetime.fromtimestamp(fake.now(), UTC)
     specs, idle = [], []
     for i in range(40):
         hours = [0.2, 1, 3, 26][i % 4] + i / 10  # distinct ages, so "oldest first" shows

@@ -11,11 +11,11 @@ import importlib
 import os
 import signal
 import sys
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
-from pydantic import SecretStr
-
-from jobs import __version__, settings as settings_mod
+from jobs import __version__
+from jobs import settings as settings_mod
 from jobs.context import RunContext
 from jobs.errors import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, ConfigError, JobError, Terminated
 from jobs.log import configure, flush, get_logger, register_secrets
@@ -64,7 +64,7 @@ def _default_text(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
+def _settings_flags(parser: argparse.ArgumentParser, cls: type[settings_mod.JobSettings]) -> None:
     """One flag per non-secret setting: --coder-url overrides CODER_URL."""
     group = parser.add_argument_group("settings (flags override environment variables)")
     secrets = cls.secret_fields()
@@ -81,7 +81,7 @@ def _settings_flags(parser: argparse.ArgumentParser, cls: type) -> None:
                            help=f"{info.description or ''} [env {name.upper()}]{when}")
 
 
-def _secrets_epilog(cls: type) -> str:
+def _secrets_epilog(cls: type[settings_mod.JobSettings]) -> str:
     lines = []
     for name in cls.secret_fields():
         info = cls.model_fields[name]

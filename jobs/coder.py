@@ -19,15 +19,24 @@ from __future__ import annotations
 import email.utils
 import re
 import time
-from datetime import datetime, timezone
-from typing import Any, Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from typing import Any, TypeVar
 
 import httpx
 from pydantic import BaseModel
 
 from jobs import __version__, retry
-from jobs.errors import (CoderAPIError, CoderUnavailable, JobError, connection_cause, credentials_rejected_message,
-                         token_rejected_message, unreachable_message, what_to_check)
+from jobs.errors import (
+    CoderAPIError,
+    CoderUnavailable,
+    JobError,
+    connection_cause,
+    credentials_rejected_message,
+    token_rejected_message,
+    unreachable_message,
+    what_to_check,
+)
 from jobs.log import get_logger
 from jobs.models import (
     BuildInfo,
@@ -98,7 +107,7 @@ def _http_date(value: str | None) -> datetime | None:
     if not value:
         return None
     try:
-        return email.utils.parsedate_to_datetime(value).astimezone(timezone.utc)
+        return email.utils.parsedate_to_datetime(value).astimezone(UTC)
     except (TypeError, ValueError):
         return None
 
@@ -168,7 +177,7 @@ class CoderClient:
         finally:
             self._http.close()
 
-    def __enter__(self) -> "CoderClient":
+    def __enter__(self) -> CoderClient:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -22,10 +22,11 @@ import json
 import os
 import socket
 import time
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, TypeVar
+from typing import Any, TypeVar
 
 import urllib3
 from kubernetes import client as k8s
@@ -296,7 +297,7 @@ class ObjectRef:
     resource_version: str | None = None
 
     @classmethod
-    def of(cls, obj: Any, kind: str | None = None, api_version: str | None = None) -> "ObjectRef":
+    def of(cls, obj: Any, kind: str | None = None, api_version: str | None = None) -> ObjectRef:
         """From a client model (V1Secret, V1Deployment, ...)."""
         meta = obj.metadata
         return cls(kind or obj.kind or type(obj).__name__.removeprefix("V1"), api_version or obj.api_version or "v1",
@@ -304,7 +305,7 @@ class ObjectRef:
 
 
 def _rfc3339(t: datetime, micro: bool = False) -> str:
-    t = t.astimezone(timezone.utc)
+    t = t.astimezone(UTC)
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
@@ -317,7 +318,7 @@ def record_event(api: k8s.ApiClient, involved: ObjectRef, reason: str, message: 
     a CoreV1Event and serializes its datetimes with `isoformat()`, which drops the fraction when
     the microseconds are zero; the apiserver parses MicroTime with exactly six digits, so a zero
     microsecond is nudged to 1."""
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     now = now.replace(microsecond=now.microsecond or 1)
     instance = (os.environ.get("HOSTNAME") or socket.gethostname() or COMPONENT)[:128]
     body = {

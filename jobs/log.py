@@ -16,7 +16,8 @@ from __future__ import annotations
 import re
 import shutil
 import sys
-from typing import Any, Iterable, Mapping, TextIO
+from collections.abc import Iterable, Mapping, MutableMapping
+from typing import Any, TextIO
 
 import structlog
 
@@ -64,7 +65,7 @@ def _redact(value: Any, key: str | None = None) -> Any:
     return redact_text(str(value))
 
 
-def redact_processor(_logger: Any, _method: str, event_dict: dict[str, Any]) -> dict[str, Any]:
+def redact_processor(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> dict[str, Any]:
     return {k: (_redact(v, k) if k != "event" else _redact(v)) for k, v in event_dict.items()}
 
 

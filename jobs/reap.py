@@ -29,7 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from itertools import chain
 from typing import Any
 
@@ -101,7 +101,7 @@ def scan_workspaces(listing: Listing, settings: ReapSettings, policy: Policy, lo
     rows = listing.workspaces(q)
     first = next(rows, None)  # the first response fixes "now"
     now = listing.now or server_now(listing.client)
-    skew = (now - datetime.now(timezone.utc)).total_seconds()
+    skew = (now - datetime.now(UTC)).total_seconds()
     log.info("scan", q=q or "(all)", server_now=now.isoformat(), pod_clock_skew_s=round(skew, 1),
              page_size=settings.reap_page_size)
     scan = Scan(now, policy, settings.reap_max_stops, count_totals=q == "")

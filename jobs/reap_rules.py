@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from jobs.durations import format_duration, parse_duration
 from jobs.errors import ConfigError
@@ -196,7 +197,9 @@ def parse_rules(data: Any, where: str = "REAP_RULES_FILE") -> tuple[Rule, ...]:
         return ()
     if not isinstance(rules, list):
         raise ConfigError(f"{where} field rules: expected a list, got {type(rules).__name__}")
-    parsed, problems, seen = [], [], {}
+    parsed: list[Rule] = []
+    problems: list[str] = []
+    seen: dict[str, int] = {}
     for i, raw in enumerate(rules):
         rule, found = _rule_problems(i, raw, seen)
         if rule is not None:
@@ -231,7 +234,8 @@ def load_rules(path: Path | str | None) -> tuple[Rule, ...]:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"REAP_RULES_FILE: cannot read {path}: {type(exc).__name__}: {exc.strerror if isinstance(exc, OSError) else exc}") from None
+        why = exc.strerror if isinstance(exc, OSError) else exc
+        raise ConfigError(f"REAP_RULES_FILE: cannot read {path}: {type(exc).__name__}: {why}") from None
     import yaml  # here, not at import: settings.py checks the rules file and every job imports settings
 
     try:

@@ -26,8 +26,8 @@ from jobs.archive import files_from_tar, fingerprint
 from jobs.coder import CoderClient, client_from_settings, is_transient, is_unparsable_template, unconfigured_external_auth
 from jobs.context import RunContext
 from jobs.errors import EXIT_OK, CoderAPIError, ConcurrentChange, ConfigError, JobError, TemplateError
-from jobs.models import ProvisionerJobLog, Template, TemplateVersion
 from jobs.log import summary
+from jobs.models import ProvisionerJobLog, Template, TemplateVersion
 from jobs.plan import Action, Plan, log_plan, report
 from jobs.settings import ExternalAuthSettings, TemplatesSettings
 from jobs.template_source import LocalTemplate, load_templates

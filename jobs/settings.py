@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,7 +19,6 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from jobs import reap_rules, validation
 from jobs.durations import parse_duration
 from jobs.errors import ConfigError
-
 
 _TOKEN = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9]+$")
 

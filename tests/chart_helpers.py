@@ -6,13 +6,13 @@ import copy
 import functools
 import json
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
-
-import kubernetes_validate
-import yaml
+from typing import Any
 
 import helm_python as helm
+import kubernetes_validate
+import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART_DIR = ROOT / "chart"
@@ -191,7 +191,7 @@ _NOT_FILLED_IN = {
 _UNDESCRIBED_DEFAULTS = {("io.k8s.api.rbac.v1.RoleRef", "apiGroup")}
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _definitions(version: str) -> dict[str, Any]:
     return json.loads((SCHEMAS / f"v{version}-local-strict" / "_definitions.json").read_text())["$defs"]
 

@@ -6,9 +6,8 @@ import threading
 
 import pytest
 
-from tests.conftest import CANARY_PASSWORD, CANARY_SETUP_TOKEN, assert_no_secret, coder_writes, run_job
-
 from fakes.coderd import FakeCoderd
+from tests.conftest import CANARY_PASSWORD, CANARY_SETUP_TOKEN, assert_no_secret, coder_writes, run_job
 
 
 def real_users(fake):
@@ -189,13 +188,13 @@ def test_flags_override_the_environment(coderd, admin_env):
 def test_coders_own_400_is_exit_2_with_its_validation_text_and_never_the_value():
     """Local rules mirror coderd's; should coderd still refuse (a newer rule), its text is shown."""
     import httpx
+    import pytest
 
     from jobs.bootstrap_admin import converge
+    from jobs.coder import CoderClient
     from jobs.context import RunContext
     from jobs.errors import ConfigError
-    from jobs.coder import CoderClient
     from jobs.settings import BootstrapSettings
-    import pytest
 
     def handler(request):
         if request.url.path == "/api/v2/users/first" and request.method == "GET":

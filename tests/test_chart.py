@@ -16,12 +16,11 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import helm_python as helm
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-
-import helm_python as helm
 
 from tests.chart_helpers import (
     CHART_DIR,
@@ -1108,7 +1107,8 @@ def test_rendered_args_and_env_are_accepted_by_the_jobs(source: str, dev: Render
     """Each workload's args parse with the real CLI and its env loads into the job's settings
     class without a configuration error (exit 2) - secrets and fieldRefs replaced by stand-ins."""
     from jobs import settings as settings_mod
-    from jobs.cli import JOBS as CLI_JOBS, build_parser
+    from jobs.cli import JOBS as CLI_JOBS
+    from jobs.cli import build_parser
 
     templates = tmp_path / "templates"
     shutil.copytree(CHART_DIR / "files" / "coder-templates", templates)

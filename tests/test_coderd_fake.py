@@ -6,14 +6,15 @@ import io
 import tarfile
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 
 import httpx
 import pytest
 
 from fakes.coderd import FakeCoderd
-from jobs.validation import coderd_password_error as validate, password_entropy as entropy
+from jobs.validation import coderd_password_error as validate
+from jobs.validation import password_entropy as entropy
 
 STRONG = "MyP4ssw0rd!"
 
@@ -60,7 +61,7 @@ def test_date_header_follows_clock_offset(fake):
     fake.clock_offset = 3 * 86400
     r = httpx.get(fake.url + "/healthz")
     served = parsedate_to_datetime(r.headers["Date"])
-    assert abs((served - datetime.now(timezone.utc)).total_seconds() - 3 * 86400) < 5
+    assert abs((served - datetime.now(UTC)).total_seconds() - 3 * 86400) < 5
 
 
 # -- password entropy (jobs/validation.py, shared with the jobs; every vector: test_validation.py) --
@@ -605,7 +606,7 @@ def test_patch_template_is_not_partial_and_304_when_unchanged(fake, admin):
 
 
 # -- workspaces -------------------------------------------------------------------------
-NOW = datetime.now(timezone.utc)
+NOW = datetime.now(UTC)
 
 
 def seed_fleet(fake: FakeCoderd) -> dict[str, str]:
@@ -665,8 +666,8 @@ def test_workspace_query(fake, admin, q, expected):
 
 def test_workspace_query_last_used_bounds_are_inclusive(fake, admin):
     ids = fake.seed_workspaces([
-        {"owner": "alice", "name": "old", "last_used_at": datetime(2025, 1, 1, tzinfo=timezone.utc)},
-        {"owner": "alice", "name": "new", "last_used_at": datetime(2025, 3, 1, tzinfo=timezone.utc)},
+        {"owner": "alice", "name": "old", "last_used_at": datetime(2025, 1, 1, tzinfo=UTC)},
+        {"owner": "alice", "name": "new", "last_used_at": datetime(2025, 3, 1, tzinfo=UTC)},
     ])
     q = 'last_used_before:"2025-01-01T00:00:00Z"'
     assert names(admin.get("/workspaces", params={"q": q}).json()) == ["alice/old"]

@@ -6,7 +6,7 @@ test drives one full lifecycle and also proves the check covers every route the 
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -43,7 +43,7 @@ def test_a_whole_lifecycle_conforms_to_coders_swagger(coderd, templates_env, tem
     assert run_job("doctor", env=env).rc == 1  # the active versions' variables are read
     assert run_job("bootstrap-admin", env={**env, "CODER_ADMIN_PASSWORD": "Wrong-Passw0rd-but-strong!"}).rc == 1
     if hasattr(coderd, "seed_workspaces"):
-        now = datetime.fromtimestamp(coderd.now(), timezone.utc)
+        now = datetime.fromtimestamp(coderd.now(), UTC)
         coderd.seed_workspaces([
             {"owner": f"dev{i}", "name": f"ws{i}", "template": "ameide-dev", "transition": "start",
              "job_status": "succeeded", "last_used_at": now - timedelta(hours=5), "completed_at": now - timedelta(hours=6)}

@@ -1,8 +1,8 @@
 """Shared helpers for the fault-injection suite (tests/test_faults_*.py). No tests here.
 
 Every fault test runs the real CLI in a subprocess against the coderd fake or the real
-Kubernetes API server (through the fault proxy), then asserts on the server's *state*: which templates, versions, users, stop builds and Secrets exist, not only
-on the exit code.
+Kubernetes API server (through the fault proxy), then asserts on the server's *state*: which
+templates, versions, users, stop builds and Secrets exist, not only on the exit code.
 """
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timedelta, timezone
-from typing import Callable, Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
@@ -119,7 +119,7 @@ def terminate(proc: subprocess.Popen, timeout: float = 10) -> tuple[Result, floa
     except subprocess.TimeoutExpired:
         proc.kill()
         out, err = proc.communicate()
-        raise AssertionError(f"the job did not exit within {timeout}s of SIGTERM:\n{out[-2000:]}\n{err[-2000:]}")
+        raise AssertionError(f"the job did not exit within {timeout}s of SIGTERM:\n{out[-2000:]}\n{err[-2000:]}") from None
     return Result(proc.returncode, out, err), time.monotonic() - sent
 
 
@@ -197,7 +197,7 @@ def assert_converged(job: str, fake: FakeCoderd) -> None:
 
 
 def fake_now(fake: FakeCoderd) -> datetime:
-    return datetime.fromtimestamp(fake.now(), tz=timezone.utc)
+    return datetime.fromtimestamp(fake.now(), tz=UTC)
 
 
 def reap_scenario(fake: FakeCoderd, owners: int = 8) -> tuple[dict[str, str], set[str]]:

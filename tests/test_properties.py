@@ -16,7 +16,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from jobs import settings as settings_mod
 from jobs.archive import SETTINGS_FILE

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import re
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from tests.conftest import CANARY_PASSWORD, REPO, assert_no_secret, coder_writes, run_job
 from fakes.coderd import FakeCoderd
+from tests.conftest import CANARY_PASSWORD, REPO, assert_no_secret, coder_writes, run_job
 
 H = timedelta(hours=1)
 M = timedelta(minutes=1)
@@ -29,7 +29,7 @@ rules:
 
 
 def fake_now(fake: FakeCoderd) -> datetime:
-    return datetime.fromtimestamp(fake.now(), tz=timezone.utc)
+    return datetime.fromtimestamp(fake.now(), tz=UTC)
 
 
 def spec(owner, name, *, lu, done, transition="start", job="succeeded", template="ameide-dev", autostart=None):
@@ -309,9 +309,11 @@ def test_orphans_and_resource_quota_after_a_database_reset(coderd, reap_env, kub
         workspace_objects(kube, wid, name)
     kube.put("pods", NS, {"metadata": {"name": "unlabelled", "labels": {"app.kubernetes.io/name": "coder-workspace"}},
                           "spec": {"containers": [{"name": "x", "image": "x"}]}})
-    kube.put("pods", NS, {"metadata": {"name": "other-app", "labels": {"app": "db"}}, "spec": {"containers": [{"name": "x", "image": "x"}]}})
+    kube.put("pods", NS, {"metadata": {"name": "other-app", "labels": {"app": "db"}},
+                          "spec": {"containers": [{"name": "x", "image": "x"}]}})
     kube.put("resourcequotas", NS, {"metadata": {"name": "workspaces"}, "spec": {"hard": {"requests.cpu": "10", "pods": "20"}},
-                                    "status": {"hard": {"requests.cpu": "10", "pods": "20"}, "used": {"requests.cpu": "9500m", "pods": "4"}}})
+                                    "status": {"hard": {"requests.cpu": "10", "pods": "20"},
+                                               "used": {"requests.cpu": "9500m", "pods": "4"}}})
     env = {**reap_env, "REAP_WORKSPACE_NAMESPACE": NS, "KUBECONFIG": kube.kubeconfig(tmp_path / "kubeconfig")}
 
     result = run_job("reap", "--delete-orphans", "--dry-run", env=env)

@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import random
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs.models import Workspace
 from jobs.reap_plan import PREBUILDS_USER_ID, Scan, classify, plan_quota_stops, quota_violations
 from jobs.reap_rules import Policy, parse_exempt, parse_rules
 
-NOW = datetime(2025, 5, 1, 12, 0, tzinfo=timezone.utc)
+NOW = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
 H = timedelta(hours=1)
 POLICY = Policy(2 * H)
 

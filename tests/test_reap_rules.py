@@ -6,7 +6,8 @@ from datetime import timedelta
 
 import pytest
 import yaml
-from hypothesis import given, settings, strategies as st
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from jobs.durations import parse_duration
 from jobs.errors import ConfigError

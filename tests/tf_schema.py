@@ -223,7 +223,7 @@ def check_tree(schemas: Schemas, root: Path) -> Checker:
     for p in files:
         by_dir.setdefault(p.parent, []).append(p)
     checker = Checker(schemas, {})
-    for directory, paths in sorted(by_dir.items()):
+    for _directory, paths in sorted(by_dir.items()):
         checker.required_providers = required_providers(paths)
         for p in paths:
             checker.check_file(p, p.relative_to(root.parent).as_posix())

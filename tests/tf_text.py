@@ -10,9 +10,9 @@ test_templates_are_terraform_fmt_clean keeps the files formatted).
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 _OPEN = re.compile(r'^(?P<kind>resource|data|module|variable|output|locals|provider|terraform|check|moved|import)\b'
                    r'(?P<labels>(?:\s+"[^"]*")*)\s*\{\s*$')
