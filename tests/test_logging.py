@@ -84,10 +84,10 @@ def console_lines(streams, emit):
 
 
 def test_a_plan_is_one_line_per_action_and_says_would_in_a_dry_run(streams):
-    from jobs.plan import Action, log_plan
+    from jobs.plan import Action, log_plan, report
 
     actions = [Action("create-template", "template/a", "missing on coderd", {"fingerprint": "sha256:" + "ab" * 32}),
-               Action("nothing", "template/b", "up to date")]
+               report("nothing", "template/b", "up to date")]
     out, _ = console_lines(streams, lambda lg: log_plan(lg, actions, dry_run=True))
     assert len(out) == 2
     assert 'info  would create-template template/a  reason="missing on coderd" fingerprint=sha256:abababababab' \
