@@ -78,6 +78,14 @@ def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120,
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_jobs_at_once(*args: str, env: dict[str, str], n: int = 2) -> list[Result]:
+    """`n` runs of the same job started together (two Argo CD syncs, a CronJob and a manual run)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(n) as pool:
+        return list(pool.map(lambda _: run_job(*args, env=env), range(n)))
+
+
 def assert_no_secret(result: Result, *secrets: str) -> None:
     for secret in secrets:
         assert secret not in result.stdout, "secret leaked to stdout"

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import threading
-
 import pytest
 
 from fakes.coderd import FakeCoderd
-from tests.conftest import CANARY_PASSWORD, CANARY_SETUP_TOKEN, assert_no_secret, coder_writes, run_job
+from tests.conftest import CANARY_PASSWORD, CANARY_SETUP_TOKEN, assert_no_secret, coder_writes, run_job, run_jobs_at_once
 
 
 def real_users(fake):
@@ -61,12 +59,7 @@ def test_gives_up_after_the_ready_timeout_naming_url_and_deadline(coderd, admin_
 
 
 def test_two_concurrent_runs_both_succeed_and_create_one_user(coderd, admin_env):
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(run_job("bootstrap-admin", env=admin_env))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_jobs_at_once("bootstrap-admin", env=admin_env)
 
     assert [r.rc for r in results] == [0, 0], [r.output for r in results]
     assert len(real_users(coderd)) == 1
@@ -75,12 +68,7 @@ def test_two_concurrent_runs_both_succeed_and_create_one_user(coderd, admin_env)
 def test_two_runs_that_both_pass_coderds_409_check_both_exit_0_and_create_one_user(coderd, admin_env):
     """The race as a real coderd runs it: the loser's insert hits the email index, 500 not 409."""
     coderd.race_first_user(2)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(run_job("bootstrap-admin", env=admin_env))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_jobs_at_once("bootstrap-admin", env=admin_env)
 
     assert [r.rc for r in results] == [0, 0], [r.output for r in results]
     assert len(real_users(coderd)) == 1

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from fakes.coderd import FakeCoderd
-from tests.conftest import CANARY_PASSWORD, assert_no_secret, coder_writes, run_job
+from tests.conftest import CANARY_PASSWORD, assert_no_secret, coder_writes, run_job, run_jobs_at_once
 
 TEMPLATES = ("ameide-dev", "ameide-gitops")
 
@@ -354,15 +354,8 @@ def test_templates_dir_that_does_not_exist_is_exit_2_before_any_request(coderd, 
 
 
 def test_two_republishers_racing_create_each_template_once(coderd, env):
-    import threading
-
     coderd.create_user("platform-admin", "platform-admin@ameide.io", CANARY_PASSWORD)
-    results = []
-    threads = [threading.Thread(target=lambda: results.append(run_job("republish-templates", env=env))) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = run_jobs_at_once("republish-templates", env=env)
 
     assert [r.rc for r in results] == [0, 0], [r.output for r in results]
     assert sorted(state(coderd)) == list(TEMPLATES)
