@@ -69,27 +69,24 @@ def prepare_namespaces(kube, objects: list[dict]) -> None:
             kube.ensure_namespace(ns, RESTRICTED)
 
 
+def server_copy(kube, o: dict) -> dict | None:
+    """The object as the server holds it, for any kind the chart renders (built-in or CRD)."""
+    kind = o["kind"].lower()
+    plural = kind[:-1] + "ies" if kind.endswith("y") else kind + "s"
+    prefix = f"/apis/{o['apiVersion']}" if "/" in o["apiVersion"] else f"/api/{o['apiVersion']}"
+    where = "" if o["kind"] == "Namespace" else f"/namespaces/{o['metadata'].get('namespace', NAMESPACE)}"
+    r = kube.http.get(f"{prefix}{where}/{plural}/{o['metadata']['name']}")
+    return None if r.status_code == 404 else r.json()
+
+
 def state(kube, objects: list[dict]) -> dict[str, str]:
     """kind/namespace/name -> resourceVersion, as the server holds them."""
     out = {}
     for o in objects:
-        got = kube.get_object(o["kind"], o["metadata"].get("namespace") or (None if o["kind"] == "Namespace" else NAMESPACE),
-                              o["metadata"]["name"]) if o["kind"].lower() in KIND_NAMES else _generic(kube, o)
+        got = server_copy(kube, o)
         assert got is not None, f"{o['kind']}/{o['metadata']['name']} is not on the server"
         out[f"{o['kind']}/{o['metadata'].get('namespace', '')}/{o['metadata']['name']}"] = got["metadata"]["resourceVersion"]
     return out
-
-
-KIND_NAMES = {"secret", "configmap", "serviceaccount", "deployment", "job", "cronjob", "role", "rolebinding",
-              "networkpolicy", "namespace", "resourcequota", "limitrange"}
-
-
-def _generic(kube, o: dict) -> dict | None:
-    group_version = o["apiVersion"]
-    plural = {"ExternalSecret": "externalsecrets", "CiliumNetworkPolicy": "ciliumnetworkpolicies"}[o["kind"]]
-    ns = o["metadata"].get("namespace", NAMESPACE)
-    r = kube.http.get(f"/apis/{group_version}/namespaces/{ns}/{plural}/{o['metadata']['name']}")
-    return None if r.status_code == 404 else r.json()
 
 
 def warnings(stderr: str) -> list[str]:

@@ -22,7 +22,6 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -274,7 +273,3 @@ class KubeAPIServer:
         return [e for e in events if e.get("requestURI") != fence and not e["requestURI"].startswith(
             "/api/v1/namespaces/audit-fence-")]
 
-
-def iter_lines(path: Path) -> Iterator[str]:
-    with open(path, errors="replace") as f:
-        yield from f
