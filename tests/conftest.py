@@ -1,4 +1,4 @@
-"""Shared fixtures: the fakes on loopback, and the CLI run as a real subprocess."""
+"""Shared fixtures: the fakes on loopback, and the CLI run as its own process (tests/job_process.py)."""
 
 from __future__ import annotations
 
@@ -6,8 +6,6 @@ import heapq
 import json
 import os
 import shutil
-import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from fakes.coderd import FakeCoderd
+from tests.job_process import launcher
 
 REPO = Path(__file__).resolve().parent.parent
 TEMPLATES_DIR = REPO / "chart" / "files" / "coder-templates"
@@ -66,16 +65,18 @@ def parse_events(*streams: str) -> list[dict]:
     return list(heapq.merge(*parsed, key=lambda e: str(e.get("timestamp", ""))))
 
 
+def job_env(env: dict[str, str] | None = None) -> dict[str, str]:
+    """The test's environment without any job setting of its own, plus `env`."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "TEMPLATE", "REAP_", "EXTERNAL_AUTH"))}
+    full.pop("KUBERNETES_SERVICE_HOST", None)
+    full.update(env or {})
+    return full
+
+
 def run_job(*args: str, env: dict[str, str] | None = None, timeout: float = 120, log_format: str = "json") -> Result:
-    """Run `coder-jobs` as a separate process, exactly as a Kubernetes Job would."""
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "TEMPLATES", "REAP_", "EXTERNAL_AUTH"))}
-    full_env.pop("KUBERNETES_SERVICE_HOST", None)
-    full_env.update(env or {})
-    proc = subprocess.run(
-        [sys.executable, "-m", "jobs", "--log-format", log_format, *args],
-        env=full_env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
+    """Run `python -m jobs` as a separate process, as a Kubernetes Job would (forked from a process
+    that has imported the libraries already: see tests/job_process.py)."""
+    return Result(*launcher().run(["--log-format", log_format, *args], job_env(env), timeout))
 
 
 def run_jobs_at_once(*args: str, env: dict[str, str], n: int = 2) -> list[Result]:

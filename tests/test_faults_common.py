@@ -7,11 +7,9 @@ templates, versions, users, stop builds and Secrets exist, not only on the exit 
 
 from __future__ import annotations
 
-import os
 import re
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,7 +20,8 @@ import pytest
 from fakes import base
 from fakes.base import FakeServer, Record
 from fakes.coderd import FakeCoderd
-from tests.conftest import CANARY_PASSWORD, REPO, Result
+from tests.conftest import CANARY_PASSWORD, Result, job_env
+from tests.job_process import JobProcess, launcher
 
 TEMPLATES = ("ameide-dev", "ameide-gitops")
 CODER_JOBS = ("bootstrap-admin", "republish-templates", "recover", "reap")
@@ -89,17 +88,9 @@ def gaps_after_429(fake: FakeServer) -> list[float]:
 # ---------------------------------------------------------------------------- processes
 
 
-def job_env(env: dict[str, str]) -> dict[str, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith(("CODER_", "TEMPLATES", "REAP_", "EXTERNAL_AUTH"))}
-    full.pop("KUBERNETES_SERVICE_HOST", None)
-    full.update(env)
-    return full
-
-
-def start_job(*args: str, env: dict[str, str]) -> subprocess.Popen:
+def start_job(*args: str, env: dict[str, str]) -> JobProcess:
     """`coder-jobs` started in the background, as Kubernetes starts a Job's pod."""
-    return subprocess.Popen([sys.executable, "-m", "jobs", "--log-format", "json", *args], env=job_env(env), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return launcher().start(["--log-format", "json", *args], job_env(env))
 
 
 def wait_until(predicate: Callable[[], bool], timeout: float = 20, what: str = "condition") -> None:
@@ -110,7 +101,7 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 20, what: str = "
         time.sleep(0.01)
 
 
-def terminate(proc: subprocess.Popen, timeout: float = 10) -> tuple[Result, float]:
+def terminate(proc: JobProcess, timeout: float = 10) -> tuple[Result, float]:
     """SIGTERM (what Kubernetes sends at activeDeadlineSeconds); returns the result and how long it took to exit."""
     sent = time.monotonic()
     proc.send_signal(signal.SIGTERM)
