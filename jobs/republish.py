@@ -17,7 +17,6 @@ CODER_ORGANIZATION) ends the run, since every other template would meet it too.
 from __future__ import annotations
 
 import re
-import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,6 +64,14 @@ def version_name(local: LocalTemplate) -> str:
     content = local.fingerprint.split(":")[1][:12]
     variables = local.variables_fingerprint().split(":")[1][:6]
     return f"cj-{content}-{variables}"
+
+
+def retry_name(name: str, taken: set[str]) -> str:
+    """`name-2`, `name-3`, ...: the first attempt number no version of the template has."""
+    attempt = 2
+    while f"{name}-{attempt}" in taken:
+        attempt += 1
+    return f"{name}-{attempt}"
 
 
 def version_message(local: LocalTemplate, revision: str | None) -> str:
@@ -283,19 +290,18 @@ class Publisher:
             return self.client.create_template_version(self.org, body)
         except CoderAPIError as err:
             if err.status == 409 and template_id:
-                existing = self._version_named(template_id, body["name"])
+                versions = self.client.template_versions(template_id)
+                existing = next((v for v in versions if v.name == body["name"]), None)
                 if existing is not None and existing.job.status != "failed" and existing.job.status != "canceled":
                     self.log.info("reusing the version already built for this content", template=local.name, version=existing.name)
                     return existing
-                # The name is taken by a failed build of this content: one new attempt per run.
-                body = {**body, "name": f"{body['name']}-{int(time.time())}"}
+                # The name is taken by a failed build of this content: one new attempt per run, named
+                # by its number (not the clock: two runs in the same second would collide).
+                body = {**body, "name": retry_name(body["name"], {v.name for v in versions})}
                 return self.client.create_template_version(self.org, body)
             if is_unparsable_template(err):
                 raise TemplateError(f"template {local.name}: coderd could not parse the template: {err.detail or err.message}") from None
             raise
-
-    def _version_named(self, template_id: str, name: str) -> TemplateVersion | None:
-        return next((v for v in self.client.template_versions(template_id) if v.name == name), None)
 
     def wait_for_job(self, local: LocalTemplate, version: TemplateVersion) -> TemplateVersion:
         first: TemplateVersion | None = version

@@ -11,7 +11,7 @@ import pytest
 from jobs.archive import build_tar, collect_files, files_from_tar, fingerprint
 from jobs.errors import ConfigError
 from jobs.models import ProvisionerJobLog, Template, TemplateVersion
-from jobs.republish import RemoteTemplate, external_auth_message, failed_build_message, missing_providers, plan
+from jobs.republish import RemoteTemplate, external_auth_message, failed_build_message, missing_providers, plan, retry_name
 from jobs.template_source import load_templates
 
 
@@ -214,3 +214,8 @@ def test_templates_naming_a_missing_folder_is_a_config_error(tmp_path):
     make_template(tmp_path)
     with pytest.raises(ConfigError, match="nope"):
         load_templates(tmp_path, ["demo", "nope"])
+
+
+def test_a_failed_builds_name_is_retried_under_the_next_free_attempt_number_not_the_clock():
+    assert retry_name("cj-abc-def", {"cj-abc-def"}) == "cj-abc-def-2"
+    assert retry_name("cj-abc-def", {"cj-abc-def", "cj-abc-def-2", "cj-abc-def-3"}) == "cj-abc-def-4"
