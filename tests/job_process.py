@@ -233,6 +233,9 @@ def serve(path: str) -> None:
 
     for name in PRELOAD:
         importlib.import_module(name)
+    ours = sorted(m for m in sys.modules if m.split(".")[0] in ("jobs", "fakes"))
+    if ours:  # each job must import its own code afresh, as a new process does
+        raise SystemExit(f"the zygote imported project code: {ours}")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(path)
     listener.listen(64)
