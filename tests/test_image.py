@@ -19,6 +19,7 @@ IMAGES = ROOT / "images"
 DOCKERFILE = IMAGES / "Dockerfile"
 LOCK = IMAGES / "requirements.lock"
 BUILD_LOCK = IMAGES / "build-requirements.lock"
+TEST_LOCK = ROOT / "tests" / "requirements.lock"
 # What the package declares in pyproject.toml [project.dependencies].
 RUNTIME_ROOTS = ("httpx", "tenacity", "pydantic", "pydantic-settings", "structlog", "kubernetes", "PyYAML")
 TARGET_ENV = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",
@@ -147,7 +148,7 @@ def test_dependencies_installed_from_lock_with_hashes() -> None:
     assert any(c.startswith("pyproject.toml") for c in copies) and any(c.startswith("jobs/") for c in copies)
 
 
-@pytest.mark.parametrize("path", [LOCK, BUILD_LOCK], ids=lambda p: p.name)
+@pytest.mark.parametrize("path", [LOCK, BUILD_LOCK, TEST_LOCK], ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_lock_entry_has_hashes(path: Path) -> None:
     entries = lock_entries(path)
     assert entries
@@ -182,6 +183,29 @@ def test_every_runtime_dependency_is_locked_at_the_tested_version() -> None:
     assert not drift, f"lock vs tested environment (lock, env): {drift}"
     extra = set(locked) - set(closure)
     assert not extra, f"locked but not needed at runtime: {extra}"
+
+
+def test_the_test_environment_is_exactly_the_locked_set() -> None:
+    """The venv the tests run in holds every locked distribution at its locked version, and
+    nothing the locks do not name: so the image ships what the tests ran, on any later day."""
+    locked: dict[str, str] = {}
+    for path in (LOCK, BUILD_LOCK, TEST_LOCK):
+        for name, (version, _) in lock_entries(path).items():
+            assert locked.setdefault(name, version) == version, f"{name} pinned twice, differently"
+    installed = {norm(d.metadata["Name"]): d.version for d in md.distributions()}
+    installed.pop("coder-jobs", None)  # the project itself, installed editable
+    installed.pop("pip", None)  # the venv's installer, never imported by a test or a job
+    assert installed == locked, {
+        "not installed at the locked version": {n: v for n, v in locked.items() if installed.get(n) != v},
+        "installed but not locked": {n: v for n, v in installed.items() if locked.get(n) != v}}
+
+
+def test_dev_installs_the_venv_from_the_locks_with_hashes() -> None:
+    dev = (ROOT / "dev").read_text()
+    assert "--require-hashes" in dev and "--no-deps" in dev
+    for path in (LOCK, BUILD_LOCK, TEST_LOCK):
+        assert str(path.relative_to(ROOT)) in dev
+    assert "install -e '.[test]'" not in dev, "resolving the test extra again would drift from the locks"
 
 
 def test_runtime_roots_match_pyproject() -> None:
