@@ -44,9 +44,12 @@ KUBE_LDFLAGS = " ".join(
 )
 
 MODULES = {
-    # module folder -> (packages, binaries, ldflags)
-    "k8s": (["./cmd/kube-apiserver", "./cmd/kubectl"], ["kube-apiserver", "kubectl"], KUBE_LDFLAGS),
-    "etcd": (["."], ["etcd"], ""),
+    # build step -> (module folder, packages, binaries, ldflags)
+    "k8s": ("k8s", ["./cmd/kube-apiserver", "./cmd/kubectl"], ["kube-apiserver", "kubectl"], KUBE_LDFLAGS),
+    # The node (tests/kube/node.py): controllers, scheduler, kubelet and kube-proxy, same version.
+    "node": ("k8s", ["./cmd/kube-controller-manager", "./cmd/kube-scheduler", "./cmd/kubelet", "./cmd/kube-proxy"],
+             ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"], KUBE_LDFLAGS),
+    "etcd": ("etcd", ["."], ["etcd"], ""),
 }
 
 
@@ -63,10 +66,10 @@ class BuildReport:
             f"; cached {', '.join(self.cached)}" if self.cached else "")
 
 
-def _fingerprint(module: str, ldflags: str) -> str:
+def _fingerprint(module: str, ldflags: str, packages: list[str]) -> str:
     h = hashlib.sha256()
     go_version = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout
-    h.update(go_version.encode() + ldflags.encode())
+    h.update(go_version.encode() + ldflags.encode() + " ".join(packages).encode())
     for path in sorted((HERE / module).rglob("*")):
         if path.is_file() and (path.suffix == ".go" or path.name in ("go.mod", "go.sum")):
             h.update(str(path.relative_to(HERE)).encode() + b"\0" + path.read_bytes())
@@ -77,16 +80,16 @@ def needs_build() -> bool:
     """True when `build()` would compile something (a cold cache, or a module or Go changed)."""
     if shutil.which("go") is None:
         return True  # build() says why it cannot
-    for module, (_packages, binaries, ldflags) in MODULES.items():
-        stamp = CACHE / f"{module}.stamp"
-        if not (stamp.exists() and stamp.read_text() == _fingerprint(module, ldflags)
+    for step, (module, packages, binaries, ldflags) in MODULES.items():
+        stamp = CACHE / f"{step}.stamp"
+        if not (stamp.exists() and stamp.read_text() == _fingerprint(module, ldflags, packages)
                 and all((BIN / b).exists() for b in binaries)):
             return True
     return False
 
 
 def build() -> BuildReport:
-    """Build (or reuse) kube-apiserver, kubectl and etcd. Safe to call from several processes."""
+    """Build (or reuse) the Kubernetes binaries and etcd. Safe to call from several processes."""
     if shutil.which("go") is None:
         raise RuntimeError("the real Kubernetes API server is built with Go, and `go` is not on PATH")
     BIN.mkdir(parents=True, exist_ok=True)
@@ -94,9 +97,9 @@ def build() -> BuildReport:
     started = time.monotonic()
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (pytest-xdist workers, parallel runs)
-        for module, (packages, binaries, ldflags) in MODULES.items():
-            stamp = CACHE / f"{module}.stamp"
-            fp = _fingerprint(module, ldflags)
+        for step, (module, packages, binaries, ldflags) in MODULES.items():
+            stamp = CACHE / f"{step}.stamp"
+            fp = _fingerprint(module, ldflags, packages)
             if stamp.exists() and stamp.read_text() == fp and all((BIN / b).exists() for b in binaries):
                 report.cached += binaries
                 continue
