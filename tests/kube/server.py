@@ -132,13 +132,13 @@ def _openssl(*args: str, cwd: Path) -> None:
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def make_certificates(d: Path) -> None:
-    """A throw-away CA, a serving certificate for 127.0.0.1, and the service-account key pair."""
+def make_certificates(d: Path, sans: str = "IP:127.0.0.1,DNS:localhost") -> None:
+    """A throw-away CA, a serving certificate for `sans`, and the service-account key pair."""
     _openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", "ca.key", "-out", "ca.crt", "-days", "3", "-subj", "/CN=coder-jobs-test-ca", cwd=d)
     _openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
              "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=kube-apiserver", cwd=d)
-    (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
+    (d / "san.ext").write_text(f"subjectAltName={sans}\n")
     _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
              "-out", "server.crt", "-days", "3", "-extfile", "san.ext", cwd=d)
     _openssl("genrsa", "-out", "sa.key", "2048", cwd=d)
