@@ -151,6 +151,8 @@ class ExternalAuthSettings(JobSettings):
     external_auth_target_secret: str = Field("coder-external-auth-github", description="Secret coderd reads with envFrom")
     external_auth_id: str = Field("github", description="External auth provider id (CODER_EXTERNAL_AUTH_0_ID)")
     coder_deployment: str | None = Field(None, description="coderd Deployment to roll when the content changes")
+    external_auth_source_timeout: float = Field(
+        300, ge=0, le=86400, description="Seconds to wait for source Secrets that do not exist yet (not delivered yet)")
 
     @field_validator("external_auth_id")
     @classmethod

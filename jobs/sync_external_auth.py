@@ -55,11 +55,22 @@ MAX_ATTEMPTS = 5  # write attempts on the target before giving up on a busy obje
 # ---------------------------------------------------------------------------- pure parts
 
 
+class SourcesMissing(JobError):
+    """Source Secrets that do not exist *yet*: on a recreated cluster the PreSync hook can run before
+    External Secrets has delivered them. Waited for, not refused (malformed content is refused)."""
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+        super().__init__(f"source Secret{'s' if len(names) > 1 else ''} {', '.join(names)} "
+                         f"{'do' if len(names) > 1 else 'does'} not exist yet")
+
+
 def source_value(secret: str, data: Mapping[str, bytes] | None) -> str:
     """The single value a source Secret holds: key `value`, else its only key, with ONE trailing
-    newline (`\\n` or `\\r\\n`) trimmed. Raises ConfigError naming the Secret; never shows the value."""
+    newline (`\\n` or `\\r\\n`) trimmed. Raises ConfigError naming the Secret; never shows the value.
+    A Secret that does not exist (None) is SourcesMissing instead: it may still come."""
     if data is None:
-        raise ConfigError(f"source Secret {secret} does not exist")
+        raise SourcesMissing([secret])
     if SOURCE_KEY in data:
         key = SOURCE_KEY
     elif len(data) == 1:
@@ -256,11 +267,13 @@ def _b64(value: str) -> str:
 
 
 def read_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings) -> tuple[str, str]:
-    """Both source values; every problem with either Secret reported at once (exit 2)."""
+    """Both source values; every problem with either Secret reported at once (exit 2), unless the
+    only problem is that one or both do not exist yet (SourcesMissing: the caller waits)."""
     from jobs import kube
 
     values: dict[str, str] = {}
     problems: list[str] = []
+    missing: list[str] = []
     for name in (settings.external_auth_client_id_secret, settings.external_auth_client_secret_secret):
         secret = kube.read_secret(api, ns, name)
         data = kube.secret_data(secret) if secret is not None else None
@@ -270,10 +283,15 @@ def read_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings) -
         register_secrets(raw + [_b64(v) for v in raw] + [_b64(v.rstrip("\r\n")) for v in raw])
         try:
             values[name] = source_value(f"{ns}/{name}", data)
+        except SourcesMissing as exc:
+            missing += exc.names
         except ConfigError as exc:
             problems.append(str(exc))
     if problems:
-        raise ConfigError("cannot read the GitHub OAuth credentials", problems)
+        raise ConfigError("cannot read the GitHub OAuth credentials", problems + [
+            f"source Secret {m} does not exist" for m in missing])
+    if missing:
+        raise SourcesMissing(missing)
     return values[settings.external_auth_client_id_secret], values[settings.external_auth_client_secret_secret]
 
 
@@ -372,11 +390,30 @@ def apply(api: kube.ApiClient, ns: str, name: str, p: Plan, data: Mapping[str, s
         _clear_pending(api, ns, name, written)
 
 
+def wait_for_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, log: Any) -> tuple[str, str]:
+    """read_sources(), repeated while the only problem is Secrets that do not exist yet, until
+    EXTERNAL_AUTH_SOURCE_TIMEOUT: then exit 1 (not converged), so the Job's backoffLimit, the next
+    sync or a person can try again; never exit 2, which the chart's podFailurePolicy would end."""
+    timeout = settings.external_auth_source_timeout
+
+    def waiting(err: BaseException, attempt: int, wait: float) -> None:
+        log.info("waiting for the source Secrets (External Secrets may not have delivered them yet)",
+                 missing=getattr(err, "names", []), attempt=attempt, next_check_s=round(wait, 1), timeout_s=timeout)
+
+    try:
+        return retry.call(lambda: read_sources(api, ns, settings), retry=lambda e: isinstance(e, SourcesMissing),
+                          deadline=timeout, reach_deadline=True, initial=0.5, maximum=10.0, jitter=0.5,
+                          on_retry=waiting)
+    except SourcesMissing as exc:
+        raise JobError(f"{exc} after waiting {timeout:g} s: check that the ExternalSecrets delivering them are "
+                       "Ready (kubectl get externalsecret), then run the job again (RUNBOOK section 8)") from None
+
+
 def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: RunContext) -> Plan:
     from jobs import kube
 
     name = settings.external_auth_target_secret
-    client_id, client_secret = read_sources(api, ns, settings)
+    client_id, client_secret = wait_for_sources(api, ns, settings, ctx.log)
     data = desired_data(settings.external_auth_id, client_id, client_secret)
     adopt = bool(ctx.flags.get("adopt"))
 

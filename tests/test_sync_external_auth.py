@@ -21,6 +21,7 @@ from jobs.sync_external_auth import (
     MANAGED_LABELS,
     ROLLOUT_PENDING_ANNOTATION,
     DeploymentState,
+    SourcesMissing,
     TargetState,
     checksum,
     desired_data,
@@ -196,7 +197,7 @@ def test_a_failed_rollout_is_finished_by_the_next_run(seeded, env):
     assert sync(env).rc == 0 and seeded.writes() == []
 
 
-@pytest.mark.parametrize("case", ["missing", "empty", "ambiguous", "unmanaged", "no-data", "two-lines"])
+@pytest.mark.parametrize("case", ["empty", "ambiguous", "unmanaged", "no-data", "two-lines"])
 def test_bad_input_exits_2_names_the_secret_and_leaves_the_target_alone(seeded, env, case):
     if case == "unmanaged":
         seeded.put("secret", NS, {"metadata": {"name": TARGET, "labels": {"app.kubernetes.io/managed-by": "Helm"}},
@@ -206,7 +207,7 @@ def test_bad_input_exits_2_names_the_secret_and_leaves_the_target_alone(seeded, 
         assert sync(env).rc == 0  # a converged managed target that must stay as it is
         culprit = SECRET_SECRET
         seed_source(seeded, SECRET_SECRET, {
-            "missing": None, "empty": {"value": "\n"}, "no-data": {},
+            "empty": {"value": "\n"}, "no-data": {},
             "ambiguous": {"client-secret": CANARY_CLIENT_SECRET, "other": "x-other-value"},
             "two-lines": {"value": CANARY_CLIENT_SECRET + "\n\n"},
         }[case])
@@ -217,7 +218,7 @@ def test_bad_input_exits_2_names_the_secret_and_leaves_the_target_alone(seeded, 
     assert r.rc == 2, r.output
     (err,) = r.errors()
     assert f"{NS}/{culprit}" in err["event"]
-    assert {"missing": "does not exist", "empty": "is empty", "ambiguous": "ambiguous", "no-data": "no data",
+    assert {"empty": "is empty", "ambiguous": "ambiguous", "no-data": "no data",
             "two-lines": "several lines", "unmanaged": "not managed by coder-jobs"}[case] in err["event"]
     if case == "unmanaged":
         assert "'Helm'" in err["event"] and "--adopt" in err["event"]
@@ -226,11 +227,44 @@ def test_bad_input_exits_2_names_the_secret_and_leaves_the_target_alone(seeded, 
     assert_no_secret(r, CANARY_CLIENT_SECRET)
 
 
-def test_both_bad_sources_are_reported_at_once(fake, env):
-    r = sync(env)
-    assert r.rc == 2
-    assert ID_SECRET in r.errors()[0]["event"] and SECRET_SECRET in r.errors()[0]["event"]
-    assert fake.writes() == [] and len(fake.requests()) == 2  # the target is not even read
+def test_both_missing_sources_are_waited_for_then_named_with_exit_1(fake, env):
+    """Missing is "not delivered yet", never bad input: past the wait it is exit 1 (retried by the
+    Job's backoffLimit and the next sync), not the exit 2 the chart's podFailurePolicy ends at once."""
+    r = sync({**env, "EXTERNAL_AUTH_SOURCE_TIMEOUT": "0"})
+    assert r.rc == 1, r.output
+    (err,) = r.errors()
+    assert ID_SECRET in err["event"] and SECRET_SECRET in err["event"] and "not exist yet" in err["event"]
+    assert "RUNBOOK section 8" in err["event"]
+    assert fake.writes() == []  # the target is not even read
+
+
+def test_a_malformed_source_is_exit_2_at_once_even_while_the_other_is_missing(fake, env):
+    seed_source(fake, ID_SECRET, {"value": "\n"})
+    r = sync({**env, "EXTERNAL_AUTH_SOURCE_TIMEOUT": "600"})
+    assert r.rc == 2, r.output
+    (err,) = r.errors()
+    assert f"{NS}/{ID_SECRET}: key `value` is empty" in err["event"] and f"{NS}/{SECRET_SECRET} does not exist" in err["event"]
+    assert fake.writes() == [] and len(fake.requests()) == 2
+
+
+def test_sources_that_appear_while_the_job_waits_are_used(fake, env):
+    """A recreated cluster: the PreSync hook starts before External Secrets delivered the sources."""
+    from tests.test_faults_common import start_job, wait_until
+
+    seed_deployment(fake)
+    job = start_job("sync-external-auth", env={**env, "EXTERNAL_AUTH_SOURCE_TIMEOUT": "120"})
+    try:
+        wait_until(lambda: len(fake.requests("GET", rf"/secrets/{SECRET_SECRET}$")) >= 2, timeout=60,
+                   what="the job to look for the missing Secret twice")
+        seed_source(fake, ID_SECRET, {"value": CLIENT_ID})
+        seed_source(fake, SECRET_SECRET, {"value": CLIENT_SECRET})
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.returncode is None:
+            job.kill()
+    assert job.returncode == 0, out + err
+    assert decoded(target(fake)) == expected()
+    assert "waiting for the source Secrets" in out
 
 
 def test_adopt_takes_over_an_unmanaged_target(seeded, env):
@@ -352,8 +386,13 @@ def test_source_value(data, value):
     assert source_value("ns/s", data) == value
 
 
+def test_a_source_that_does_not_exist_is_missing_not_bad_input():
+    with pytest.raises(SourcesMissing) as exc:
+        source_value("coder/src", None)
+    assert exc.value.names == ["coder/src"] and not isinstance(exc.value, ConfigError)
+
+
 @pytest.mark.parametrize(("data", "problem"), [
-    (None, "does not exist"),
     ({}, "no data"),
     ({"a": b"1", "b": b"2"}, "ambiguous: keys a, b"),
     ({"value": b""}, "is empty"),

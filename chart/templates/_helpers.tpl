@@ -250,7 +250,7 @@ seccompProfile:
 {{- $margin := int $v.jobs.deadlineMarginSeconds }}
 {{- $ready := int $v.coder.readyTimeoutSeconds }}
 {{- $builds := mul (int $v.templates.buildTimeoutSeconds) (max 1 (len (fromJson (include "coder-jobs.templateIndex" $root)).names)) }}
-{{- if eq $job "sync-external-auth" }}{{ $margin }}
+{{- if eq $job "sync-external-auth" }}{{ add (int $v.syncExternalAuth.sourceTimeoutSeconds) $margin }}
 {{- else if eq $job "bootstrap-admin" }}{{ add $ready $margin }}
 {{- else if eq $job "reap" }}{{ max (int $v.reap.activeDeadlineSeconds) (add $ready $margin) }}
 {{- else }}{{ add $ready $builds $margin }}
@@ -323,6 +323,8 @@ seccompProfile:
   value: {{ $v.syncExternalAuth.targetSecret | quote }}
 - name: EXTERNAL_AUTH_ID
   value: {{ $v.syncExternalAuth.id | quote }}
+- name: EXTERNAL_AUTH_SOURCE_TIMEOUT
+  value: {{ $v.syncExternalAuth.sourceTimeoutSeconds | quote }}
 {{- if $v.syncExternalAuth.restartDeployment }}
 - name: CODER_DEPLOYMENT
   value: {{ $v.coder.deploymentName | quote }}
