@@ -176,8 +176,17 @@ class UsersMixin:
         self.api("GET", "/organizations", self._get_orgs)
         self.api("GET", "/organizations/{organization}", self._get_org)
 
+    def database_outage(self: FakeCoderd, user_count_requests: int) -> None:
+        """The next `user_count_requests` user counts fail as during a Postgres outage (what a real
+        coderd answered `doctor` in issue 21; coderd/users.go `firstUser`)."""
+        with self.lock:
+            self.user_count_failures = user_count_requests
+
     def _get_first_user(self: FakeCoderd, req: Request) -> Response:
         with self.lock:
+            if getattr(self, "user_count_failures", 0) > 0:
+                self.user_count_failures -= 1
+                return msg(500, "Internal error fetching user count.", "pq: the database system is shutting down")
             if self._human_users():
                 return msg(200, "The initial user has already been created!")
         return msg(404, "The initial user has not been created!")
