@@ -30,6 +30,7 @@ from fakes.coderd_common import (
 )
 from fakes.coderd_templates import TemplatesMixin
 from fakes.coderd_users import UsersMixin
+from fakes.coderd_versions import OLDEST, Behaviour
 from fakes.coderd_workspaces import WorkspacesMixin
 
 API = "/api/v2"
@@ -66,7 +67,8 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
     def __init__(
         self,
         *,
-        version: str = "v2.22.0-devel+a8c2586",
+        behaviour: Behaviour = OLDEST,
+        version: str | None = None,
         trial_fails: bool = True,
         first_user_race_window: float = 0.05,
         setup_token: str | None = None,
@@ -83,7 +85,9 @@ class FakeCoderd(UsersMixin, TemplatesMixin, WorkspacesMixin, FakeServer):
         seed: int = 0,
     ) -> None:
         super().__init__()
-        self.version = version
+        self.behaviour = behaviour
+        self.version = version or behaviour.version
+        self.upload_race_pending = False  # the next new upload loses a race (see race_next_upload)
         self.trial_fails = trial_fails
         self.first_user_race_window = first_user_race_window
         self.first_user_barrier: threading.Barrier | None = None

@@ -126,7 +126,19 @@ class TemplatesMixin:
             self.files[fid] = {"id": fid, "hash": digest, "created_by": ctx.user["id"], "data": data,
                                "mimetype": "application/x-tar", "created_at": self.now()}
             self.files_by_hash[(ctx.user["id"], digest)] = fid
+            if self.upload_race_pending:
+                # As if an identical upload inserted these bytes between our lookup and our insert
+                # (fakes/coderd_versions.py `upload_race`): the file is stored either way.
+                self.upload_race_pending = False
+                if self.behaviour.upload_race:
+                    return msg(500, "Internal error saving file.", 'pq: duplicate key value violates unique '
+                                                                  'constraint "files_hash_created_by_key"')
+                return Response(200, {"hash": fid})
         return Response(201, {"hash": fid})
+
+    def race_next_upload(self: FakeCoderd) -> None:
+        """The next upload of new bytes meets an identical one uploaded at the same instant."""
+        self.upload_race_pending = True
 
     def _readable_file(self: FakeCoderd, fid: str, ctx: Ctx) -> dict | None:
         f = self.files.get(fid)
@@ -463,6 +475,7 @@ class TemplatesMixin:
             "failure_ttl_ms": t["failure_ttl_ms"], "time_til_dormant_ms": t["time_til_dormant_ms"],
             "time_til_dormant_autodelete_ms": t["time_til_dormant_autodelete_ms"],
             "require_active_version": t["require_active_version"], "max_port_share_level": t["max_port_share_level"],
+            **({"use_classic_parameter_flow": t["use_classic_parameter_flow"]} if self.behaviour.parameter_flow else {}),
         }
 
     def _template_by_name(self: FakeCoderd, org_id: str, name: str) -> dict | None:
@@ -510,7 +523,8 @@ class TemplatesMixin:
             "default_ttl_ms": "int", "activity_bump_ms": "int", "allow_user_cancel_workspace_jobs": "bool",
             "disable_everyone_group_access": "bool", "require_active_version": "bool", "max_port_share_level": "str",
             "failure_ttl_ms": "int", "dormant_ttl_ms": "int", "delete_ttl_ms": "int", "autostop_requirement": "dict",
-            "autostart_requirement": "dict", "allow_user_autostart": "bool", "allow_user_autostop": "bool"})
+            "autostart_requirement": "dict", "allow_user_autostart": "bool", "allow_user_autostop": "bool",
+            "template_use_classic_parameter_flow": "bool"})
         errors: list[tuple[str, str, Any]] = []
         name = body.get("name", "")
         if not name_valid(name):
@@ -561,6 +575,8 @@ class TemplatesMixin:
                 "require_active_version": False, "deprecation_message": "", "max_port_share_level": "public",
                 "group_acl": {} if body.get("disable_everyone_group_access") else {org["id"]: ["read", "use"]},
                 "user_acl": {}, "deleted": False,
+                # Unknown to the oldest behaviour (the field is then neither stored nor shown).
+                "use_classic_parameter_flow": body.get("template_use_classic_parameter_flow", False),
             }
             v["template_id"] = tid
             v["updated_at"] = now
@@ -614,7 +630,7 @@ class TemplatesMixin:
             "failure_ttl_ms": "int", "time_til_dormant_ms": "int", "time_til_dormant_autodelete_ms": "int",
             "update_workspace_last_used_at": "bool", "update_workspace_dormant_at": "bool",
             "require_active_version": "bool", "deprecation_message": "str", "disable_everyone_group_access": "bool",
-            "max_port_share_level": "str"})
+            "max_port_share_level": "str", "use_classic_parameter_flow": "bool"})
         with self.lock:
             t = self._template_param(req, ctx)
             if isinstance(t, Response):
@@ -650,6 +666,8 @@ class TemplatesMixin:
             stop_weeks = stop_req.get("weeks", 0) if stop_req else t["autostop_weeks"]
             start_days = list(start_req.get("days_of_week") or []) if start_req else list(t["autostart_days"])
             dep = body.get("deprecation_message")
+            # A pointer on a coderd that knows it: omitted keeps the stored value.
+            flow = body.get("use_classic_parameter_flow") if self.behaviour.parameter_flow else None
             unchanged = (
                 name == t["name"]
                 and body.get("display_name", "") == t["display_name"]
@@ -669,6 +687,7 @@ class TemplatesMixin:
                 and (dep is None or dep == t["deprecation_message"])
                 and (level is None or level == t["max_port_share_level"])
                 and not (body.get("disable_everyone_group_access") and t["group_acl"])
+                and (flow is None or flow == t["use_classic_parameter_flow"])
             )
             if unchanged:
                 return Response(304)
@@ -681,6 +700,8 @@ class TemplatesMixin:
             )
             if dep == "":
                 t["deprecation_message"] = ""  # CE can clear it, not set it
+            if flow is not None:
+                t["use_classic_parameter_flow"] = flow
             if body.get("disable_everyone_group_access"):
                 t["group_acl"].pop(t["organization_id"], None)
             self.ws_generation += 1

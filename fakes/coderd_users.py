@@ -160,6 +160,7 @@ class UsersMixin:
     # -- routes ------------------------------------------------------------------
     def register_user_routes(self: FakeCoderd) -> None:
         self.api("GET", "/users/first", self._get_first_user, auth=False)
+        self.api("GET", "/users/authmethods", self._get_auth_methods, auth=False)
         self.api("POST", "/users/first", self._post_first_user, auth=False, csrf_exempt=True)
         self.api("POST", "/users/login", self._post_login, auth=False)
         self.api("POST", "/users/logout", self._post_logout)
@@ -175,11 +176,30 @@ class UsersMixin:
         self.api("GET", "/organizations", self._get_orgs)
         self.api("GET", "/organizations/{organization}", self._get_org)
 
+    def database_outage(self: FakeCoderd, user_count_requests: int) -> None:
+        """The next `user_count_requests` user counts fail as during a Postgres outage (what a real
+        coderd answered `doctor` in issue 21; coderd/users.go `firstUser`)."""
+        with self.lock:
+            self.user_count_failures = user_count_requests
+
     def _get_first_user(self: FakeCoderd, req: Request) -> Response:
         with self.lock:
+            if getattr(self, "user_count_failures", 0) > 0:
+                self.user_count_failures -= 1
+                return msg(500, "Internal error fetching user count.", "pq: the database system is shutting down")
             if self._human_users():
                 return msg(200, "The initial user has already been created!")
         return msg(404, "The initial user has not been created!")
+
+    def _get_auth_methods(self: FakeCoderd, req: Request) -> Response:
+        body: dict[str, Any] = {"password": {"enabled": not self.password_auth_disabled},
+                                "github": {"enabled": False, "default_provider_configured": False},
+                                "oidc": {"enabled": False, "signInText": "", "iconUrl": ""},
+                                "terms_of_service_url": ""}
+        if self.behaviour.setup_token:
+            with self.lock:
+                body["setup_token_required"] = self.setup_token is not None and not self._human_users()
+        return Response(200, body)
 
     def _post_first_user(self: FakeCoderd, req: Request) -> Response:
         body = read_json(req, {"email": "str", "username": "str", "name": "str", "password": "str",

@@ -1,8 +1,9 @@
 """bootstrap-admin: create Coder's first user, so humans land on SSO and never on /setup.
 
-Observe `GET /users/first`; plan: create the user, or verify that the configured credentials
-still log in. Apply: `POST /users/first` (trial off), where a 409 means another run won the race:
-the job reads again and plans again, and verifies.
+Observe `GET /users/first` (and, before a create, whether coderd demands a setup token); plan:
+create the user, or verify that the configured credentials still log in. Apply: `POST
+/users/first` (trial off), where a 409 means another run won the race: the job reads again and
+plans again, and verifies.
 
 Only the create path checks the values against coderd's rules before sending (exit 2, nothing
 written): verifying an existing admin's login lets coderd judge the credentials.
@@ -15,7 +16,7 @@ from typing import Any
 from jobs import retry, validation
 from jobs.coder import CoderClient, client_from_settings, is_transient, refused_for_setup_token
 from jobs.context import RunContext
-from jobs.errors import EXIT_OK, CoderAPIError, ConcurrentChange, ConfigError, JobError
+from jobs.errors import EXIT_OK, RUNBOOK_SETUP_TOKEN, CoderAPIError, ConcurrentChange, ConfigError, JobError
 from jobs.log import summary
 from jobs.plan import Action, Plan, log_plan, report
 from jobs.settings import BootstrapSettings
@@ -23,12 +24,23 @@ from jobs.settings import BootstrapSettings
 RUNBOOK_HINT = "see RUNBOOK.md section 3, 'First user exists but the credentials are rejected'"
 
 
-def plan(first_user_exists: bool, settings: BootstrapSettings) -> Plan:
+SETUP_TOKEN_MISSING = (
+    "CODER_SETUP_TOKEN: coderd requires a setup token to create the first user, and none is configured. "
+    "coderd prints the one-time token in its log when it starts with no users. Put it in the bootstrap Secret "
+    "under the key the chart value `bootstrapAdmin.setupTokenKey` names (default `setup-token`); the chart "
+    f"hands it to the job as CODER_SETUP_TOKEN ({RUNBOOK_SETUP_TOKEN})"
+)
+
+
+def plan(first_user_exists: bool, settings: BootstrapSettings, setup_token_required: bool = False) -> Plan:
     """Create the first user, or check that the configured credentials log in to the existing one.
-    Raises ConfigError when coderd's own rules would refuse the user we would create."""
+    Raises ConfigError when coderd's own rules would refuse the user we would create, or when
+    coderd demands a setup token (`setup_token_required`) and none is configured."""
     if first_user_exists:
         return Plan((report("verify-credentials", f"user/{settings.coder_admin_email}", "a first user already exists"),))
     problems = first_user_problems(settings)
+    if setup_token_required and not settings.coder_setup_token:
+        problems.append(SETUP_TOKEN_MISSING)
     if problems:
         raise ConfigError("coderd would refuse to create the first user", problems)
     details: dict[str, Any] = {"username": settings.coder_admin_username, "email": settings.coder_admin_email, "trial": False}
@@ -79,8 +91,12 @@ def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any
                      answer=err.describe())
             raise ConcurrentChange("another run created the first user first") from None
         if refused_for_setup_token(err):
-            hint = "CODER_SETUP_TOKEN is set but coderd rejected it" if settings.coder_setup_token else "set CODER_SETUP_TOKEN"
-            raise JobError(f"coderd refused to create the first user without a valid setup token ({hint}): {err.describe()}") from None
+            if not settings.coder_setup_token:
+                raise ConfigError(SETUP_TOKEN_MISSING + f"; coderd: {err.describe()}") from None
+            raise JobError(
+                "coderd refused CODER_SETUP_TOKEN: it is not the token this coderd printed, or it was used already "
+                f"(coderd: {err.describe()}). Nothing was created. Copy the current token from coderd's start-up log "
+                f"into the Secret, or restart coderd for a new one ({RUNBOOK_SETUP_TOKEN})") from None
         if err.status == 400:
             raise ConfigError(f"coderd rejected the first user: {err.describe()}") from None
         raise
@@ -109,7 +125,8 @@ def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) 
 
 
 def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan:
-    p = plan(client.first_user_exists(), settings)
+    exists = client.first_user_exists()
+    p = plan(exists, settings, setup_token_required=not exists and client.setup_token_required())
     log_plan(ctx.log, p, ctx.dry_run)
     if ctx.dry_run:
         return p

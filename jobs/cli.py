@@ -36,7 +36,8 @@ JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
         {},
     ),
     "recover": ("jobs.recover", "RecoverSettings", "Heal a database reset: bootstrap-admin, then republish-templates", {}),
-    "doctor": ("jobs.doctor", "DoctorSettings", "Read-only drift report; exit 0 healthy, 1 drift", {}),
+    "doctor": ("jobs.doctor", "DoctorSettings",
+               "Read-only drift report; exit 0 healthy, 1 drift, 3 could not check (coderd unreachable or failing)", {}),
     "reap": (
         "jobs.reap",
         "ReapSettings",
@@ -98,17 +99,20 @@ def build_parser() -> argparse.ArgumentParser:
         description="Lifecycle and recovery jobs for a self-hosted Coder deployment.",
         epilog="Settings come from environment variables (a flag per non-secret setting overrides its variable); "
                f"secrets only from the environment ({', '.join(SECRET_ENV)}). `coder-jobs JOB --help` lists a job's. "
-               "Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.",
+               "Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input; "
+               "doctor also 3: could not check.",
         parents=[_global_flags(defaults=True)],
     )
     parser.add_argument("--version", action="version", version=f"coder-jobs {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (_module, cls_name, help_text, flags) in JOBS.items():
         cls = getattr(settings_mod, cls_name)
+        codes = ("Exit codes: 0 healthy, 1 drift found, 2 invalid configuration or input, 3 could not check "
+                 "(coderd unreachable, or failing past CODER_READY_TIMEOUT)." if name == "doctor" else
+                 "Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.")
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[_global_flags(defaults=False)],
                            formatter_class=argparse.RawDescriptionHelpFormatter,
-                           epilog=_secrets_epilog(cls) + "Exit codes: 0 converged (a no-op counts), 1 could not "
-                                                         "converge, 2 invalid configuration or input.")
+                           epilog=_secrets_epilog(cls) + codes)
         for flag, flag_help in flags.items():
             p.add_argument(f"--{flag}", action="store_true", help=flag_help)
         _settings_flags(p, cls)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import email.utils
 import re
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
@@ -26,7 +27,7 @@ from typing import Any, TypeVar
 import httpx
 from pydantic import BaseModel
 
-from jobs import __version__, retry
+from jobs import __version__, coder_versions, retry
 from jobs.errors import (
     CoderAPIError,
     CoderUnavailable,
@@ -58,6 +59,9 @@ READINESS_PROBE_TIMEOUT_S = 5.0
 _SIGNED_OUT = "You are signed out or your session has expired"
 _DB_OUTAGE = "An internal error occurred"
 _NOT_CONFIGURED = re.compile(r'external auth provider "([^"]+)" is not configured')
+# Two identical uploads at once could both pass coderd's dedup check; the second insert then hit
+# the files table's unique (hash, created_by) index and answered 500 (coder/coder, fixed mid-2025).
+_UPLOAD_RACE = "files_hash_created_by_key"
 
 
 def _text(err: CoderAPIError) -> str:
@@ -82,6 +86,11 @@ def refused_for_setup_token(err: CoderAPIError) -> bool:
     text = _text(err)
     return err.status in (400, 401, 403) and (
         "setup token" in text or "setup_token" in text or "setup_token" in err.field_names())
+
+
+def lost_upload_race(err: CoderAPIError) -> bool:
+    """The same bytes were stored by another upload a moment earlier: already uploaded."""
+    return err.status == 500 and _UPLOAD_RACE in _text(err)
 
 
 def unconfigured_external_auth(job_error: str) -> list[str]:
@@ -158,6 +167,9 @@ class CoderClient:
         self._email = email
         self._password = password
         self._owns_session = False  # the token came from our own password login: revoke it on close
+        self._token_refused: str | None = None  # what coderd said to CODER_SESSION_TOKEN, once it refused it
+        self.build = BuildInfo()  # coderd's build info, once wait_ready has read it
+        self._upload_lock = threading.Lock()  # one upload at a time: identical parallel uploads raced (see upload)
         self.ready_timeout = ready_timeout
         self._sleep = sleep
         self.server_date: datetime | None = None  # coderd's clock, from the latest response's Date header
@@ -205,7 +217,15 @@ class CoderClient:
         response = self._send_with_retries(method, path, json, params, content, headers, auth, safe, deadline)
         if response.status_code == 401 and auth and self._can_login() and _SIGNED_OUT in response.text:
             # Once: a session rejected right after a fresh login is an answer, not a stale token.
-            self.log.info("session rejected, logging in again", path=path)
+            if self._token is not None and not self._owns_session:
+                # The operator's token: a documented fallback (README), so a reset database that
+                # killed the token still heals; said loudly, since the token needs replacing.
+                self._token_refused = error_from_response(method, path, response).message or "HTTP 401"
+                self.log.warning("coderd refused CODER_SESSION_TOKEN; logging in with CODER_ADMIN_EMAIL/"
+                                 "CODER_ADMIN_PASSWORD instead. Replace or unset the token", path=path,
+                                 coderd=self._token_refused)
+            else:
+                self.log.info("session rejected, logging in again", path=path)
             self._token = None
             self.login()
             response = self._send_with_retries(method, path, json, params, content, headers, auth, safe, deadline)
@@ -310,7 +330,15 @@ class CoderClient:
             raise CoderUnavailable(unreachable_message(self.url, self.ready_timeout, str(exc))) from None
         if attempts > 1:
             self.log.info("coderd is ready", url=self.url, version=info.version, attempts=attempts)
+        if coder_versions.outside_range(info.version):
+            self.log.warning(f"coderd {info.version} is outside the Coder versions coder-jobs supports "
+                             f"({coder_versions.SUPPORTED_RANGE}); continuing", url=self.url)
+        self.build = info
         return info
+
+    @property
+    def knows_parameter_flow(self) -> bool:
+        return coder_versions.knows_parameter_flow(self.build.version)
 
     def adopt_login(self, token: str) -> None:
         """A session from a password login made elsewhere (bootstrap-admin's check): later steps
@@ -352,7 +380,8 @@ class CoderClient:
                 raise JobError(f"coderd at {self.url} has no users: its database is new or was reset "
                                f"(login answered: {err.message or err.status}); run `coder-jobs recover`") from None
             if err.status in (400, 401, 403):
-                raise JobError(credentials_rejected_message(self.url, err.message or str(err.status))) from None
+                raise JobError(credentials_rejected_message(self.url, err.message or str(err.status),
+                                                            self._token_refused)) from None
             raise
         self._owns_session = True
 
@@ -370,6 +399,12 @@ class CoderClient:
             raise CoderAPIError("GET", "/api/v2/users/first", 404, "answered without X-Coder-Build-Version: not a Coder server")
         return response.status_code == 200
 
+    def setup_token_required(self) -> bool:
+        """Newer coderd releases can demand a setup token for the first user (GET /users/authmethods
+        answers `setup_token_required`, docs: reference/api/users); older ones do not know the field."""
+        body = self.request("GET", "/api/v2/users/authmethods", auth=False).json()
+        return isinstance(body, dict) and body.get("setup_token_required") is True
+
     def create_first_user(self, body: dict[str, Any]) -> dict[str, Any]:
         # Safe to repeat: a repeat after success answers 409, which the caller handles.
         return self.request("POST", "/api/v2/users/first", json=body, auth=False, safe=True, ok=(201,)).json()
@@ -385,9 +420,20 @@ class CoderClient:
 
     # -- files, versions, templates ------------------------------------------
     def upload(self, data: bytes, content_type: str = "application/x-tar") -> str:
-        # Safe to repeat: coderd deduplicates identical uploads (200 with the same id).
-        response = self.request("POST", "/api/v2/files", content=data, headers={"Content-Type": content_type}, safe=True)
-        return str(response.json()["hash"])
+        # Safe to repeat: coderd deduplicates identical uploads (200 with the same id). Serialised,
+        # so this process never races itself; a race lost to another process answers 500 naming the
+        # files index, which means the bytes are stored: asking again gets their id (the dedup 200).
+        with self._upload_lock:
+            for attempt in (1, 2):
+                try:
+                    response = self.request("POST", "/api/v2/files", content=data,
+                                            headers={"Content-Type": content_type}, safe=True)
+                    return str(response.json()["hash"])
+                except CoderAPIError as err:
+                    if attempt == 2 or not lost_upload_race(err):
+                        raise
+                    self.log.info("identical upload stored meanwhile; asking for its id", answer=err.describe())
+        raise AssertionError("unreachable")
 
     def download(self, file_id: str) -> bytes:
         return self.request("GET", f"/api/v2/files/{file_id}", headers={"Accept": "application/x-tar"}).content

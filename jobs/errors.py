@@ -5,6 +5,7 @@ from __future__ import annotations
 EXIT_OK = 0
 EXIT_NOT_CONVERGED = 1
 EXIT_BAD_INPUT = 2
+EXIT_COULD_NOT_CHECK = 3  # doctor only: coderd did not let it look, so nothing is known about drift
 
 
 class JobError(Exception):
@@ -78,6 +79,7 @@ class CoderUnavailable(JobError):
 
 RUNBOOK_UNREACHABLE = "RUNBOOK.md section 10, 'coderd unreachable'"
 RUNBOOK_CREDENTIALS = "RUNBOOK.md section 3, 'First user exists but the credentials are rejected'"
+RUNBOOK_SETUP_TOKEN = "RUNBOOK.md section 3a, 'coderd asks for a setup token'"
 
 REFUSED = "connection refused"
 DNS = "DNS lookup failed"
@@ -141,10 +143,12 @@ def unreachable_message(url: str, waited_s: float, cause: str) -> str:
     return text + (what_to_check(cause) or f" (see {RUNBOOK_UNREACHABLE})")
 
 
-def credentials_rejected_message(url: str, coderd_said: str) -> str:
+def credentials_rejected_message(url: str, coderd_said: str, token_refused: str | None = None) -> str:
     """coderd refused the admin's password login: the Secret and coderd's database disagree
-    (bootstrap-admin says the same for the first user)."""
-    return (f"coderd at {url} refused the login with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (coderd: {coderd_said}): "
+    (bootstrap-admin says the same for the first user). `token_refused`: what coderd said to
+    CODER_SESSION_TOKEN before the jobs fell back to the password."""
+    first = f"coderd refused CODER_SESSION_TOKEN (coderd: {token_refused}), then " if token_refused else ""
+    return (f"{first}coderd at {url} refused the login with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (coderd: {coderd_said}): "
             "the Secret no longer matches that admin in coderd's database. Either set the Secret to the admin's "
             "current credentials, or reset that user's password with `coder reset-password` "
             f"(see {RUNBOOK_CREDENTIALS})")

@@ -81,8 +81,11 @@ def summary(log: Any, *, checked: int, changed: int, deferred: int = 0, failed: 
     own counter dict with `**`.)"""
     extra = dict(fields.pop("columns", None) or {})
     fields.setdefault("dry_run", False)
-    log.info("summary", checked=checked, changed=changed, deferred=deferred, failed=failed, **extra,
-             table=[*HEADLINE, *extra], **fields)
+    # A dry run changed nothing: its count is under its own key, so no reader takes it for writes.
+    key = "would_change" if fields["dry_run"] else "changed"
+    headline = [key if h == "changed" else h for h in HEADLINE]
+    log.info("summary", checked=checked, **{key: changed}, deferred=deferred, failed=failed, **extra,
+             table=[*headline, *extra], **fields)
 
 
 # ------------------------------------------------------------------------------------ console

@@ -76,6 +76,7 @@ class Template(CoderModel):
     deprecation_message: str = ""
     autostop_requirement: dict[str, Any] | None = None
     autostart_requirement: dict[str, Any] | None = None
+    use_classic_parameter_flow: bool | None = None  # absent before v2.24 (jobs/coder_versions.py)
 
 
 class WorkspaceBuild(CoderModel):

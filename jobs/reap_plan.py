@@ -92,6 +92,7 @@ class Candidate:
     source: str = field(default="default", compare=False)
     autostart_schedule: str | None = field(default=None, compare=False)
     dormant: bool = field(default=False, compare=False)
+    idle: bool = field(default=True, compare=False)  # False: stopped for a quota although in use or just started
 
     @property
     def target(self) -> str:
@@ -104,10 +105,14 @@ class Candidate:
             "template": self.template,
             "last_used_at": _iso(self.last_used),
             "build_completed_at": _iso(self.completed_at),
-            "idle_s": int((now - self.idle_since).total_seconds()),
             "idle_after_s": int(self.idle_after.total_seconds()),
             "policy": self.source,
         }
+        if self.idle:
+            out["idle_s"] = int((now - self.idle_since).total_seconds())
+        elif self.completed_at is not None:
+            # Not idle: how long it has run says why it was picked without calling it idle.
+            out["running_s"] = int((now - self.completed_at).total_seconds())
         if self.autostart_schedule:
             # We still stop it: coderd's autostart will start it at its next scheduled time
             # (BEHAVIOR.md §7), which is what its owner asked for; until then it idles for nothing.
@@ -118,11 +123,11 @@ class Candidate:
         return out
 
 
-def candidate(ws: Workspace, idle_since: datetime, idle_after: timedelta, source: str) -> Candidate:
+def candidate(ws: Workspace, idle_since: datetime, idle_after: timedelta, source: str, idle: bool = True) -> Candidate:
     return Candidate(
         idle_since=idle_since, owner=ws.owner_name, name=ws.name, id=ws.id, template=ws.template_name,
         last_used=ws.last_used, completed_at=_completed(ws), idle_after=idle_after, source=source,
-        autostart_schedule=ws.autostart_schedule or None, dormant=ws.dormant_at is not None,
+        autostart_schedule=ws.autostart_schedule or None, dormant=ws.dormant_at is not None, idle=idle,
     )
 
 
@@ -314,7 +319,7 @@ def plan_quota_stops(
         eligible += 1
         if keep <= 0:
             continue
-        c = candidate(ws, last, v.idle_after or policy.idle_after, v.source)
+        c = candidate(ws, last, v.idle_after or policy.idle_after, v.source, idle=v.kind == "idle")
         key = (-last.timestamp(), _neg(ws.name), _neg(ws.id))
         if len(pool) < keep:
             heapq.heappush(pool, (key, c))

@@ -24,7 +24,9 @@ def run(settings: RecoverSettings, ctx: RunContext) -> int:
             log_plan(ctx.log, planned, dry_run=True)
             actions += planned
         else:
-            actions += republish.converge(client, settings, ctx, templates)
+            created = actions.of_kind("create-first-user") and not ctx.dry_run
+            written = f"the first user {settings.coder_admin_username} was created" if created else None
+            actions += republish.converge(client, settings, ctx, templates, written=written)
     summary(ctx.log, checked=len(actions), changed=sum(a.writes for a in actions), dry_run=ctx.dry_run,
             templates=[t.name for t in templates])
     return EXIT_OK

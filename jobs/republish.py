@@ -53,6 +53,7 @@ class RemoteTemplate:
     active_content: str | None = None  # fingerprint of the active version's files
     active_variables: str | None = None  # None: not recorded (pushed by hand)
     active_values: dict[str, str | None] | None = None  # the active version's variables (None: redacted); None: not read
+    parameter_flow: bool = False  # coderd knows `use_classic_parameter_flow` (decided from its buildinfo)
 
 
 def version_marker(local: LocalTemplate) -> str:
@@ -79,8 +80,8 @@ def version_message(local: LocalTemplate, revision: str | None) -> str:
     return f"{first}\n\n{version_marker(local)} revision={revision or 'unknown'}"
 
 
-def settings_diff(local: LocalTemplate, template: Template) -> dict[str, Any]:
-    return {k: v for k, v in local.settings.meta().items() if getattr(template, k) != v}
+def settings_diff(local: LocalTemplate, template: Template, parameter_flow: bool = False) -> dict[str, Any]:
+    return {k: v for k, v in local.settings.meta(parameter_flow).items() if getattr(template, k) != v}
 
 
 def differing_variables(local: LocalTemplate, active: dict[str, str | None]) -> list[str]:
@@ -104,10 +105,17 @@ def external_auth_message(name: str, missing: list[str], configured: list[str] |
     )
 
 
-def failed_build_message(name: str, version: TemplateVersion, logs: list[ProvisionerJobLog]) -> str:
+def unchanged_text(new_template: bool) -> str:
+    """What a failed build left behind: a new template has no active version to keep."""
+    return "no template was created" if new_template else "the active version is unchanged"
+
+
+def failed_build_message(name: str, version: TemplateVersion, logs: list[ProvisionerJobLog],
+                         new_template: bool = False) -> str:
     """The job's error, then every log line that carries an error (the tail only when none does)."""
     error = version.job.error or "no error text"
-    text = f"template {name}: version {version.name} failed to build ({version.job.status}): {error}; the active version is unchanged"
+    text = (f"template {name}: version {version.name} failed to build ({version.job.status}): {error}; "
+            f"{unchanged_text(new_template)}")
     not_configured = unconfigured_external_auth(error)
     if not_configured:
         return external_auth_message(name, not_configured, None, written="this version failed") + f". {text}"
@@ -121,17 +129,18 @@ def failed_build_message(name: str, version: TemplateVersion, logs: list[Provisi
 
 # -- observe ---------------------------------------------------------------------------
 def observe(client: CoderClient, org: str, local: LocalTemplate, *, read_values: bool = False) -> RemoteTemplate:
+    flow = client.knows_parameter_flow
     template = client.template(org, local.name)
     if template is None:
-        return RemoteTemplate(None)
+        return RemoteTemplate(None, parameter_flow=flow)
     version = client.template_version(template.active_version_id)
     marker = _MARKER.search(version.message or "")
     values = _active_values(client, version) if read_values or not marker else None  # not ours: no marker
     if marker:
-        return RemoteTemplate(template, marker.group(1), marker.group(2), values)
+        return RemoteTemplate(template, marker.group(1), marker.group(2), values, flow)
     # Pushed by hand (or by an older tool): fingerprint what coderd actually holds.
     files = files_from_tar(client.download(version.job.file_id))
-    return RemoteTemplate(template, fingerprint(files), None, values)
+    return RemoteTemplate(template, fingerprint(files), None, values, flow)
 
 
 def _active_values(client: CoderClient, version: TemplateVersion) -> dict[str, str | None] | None:
@@ -149,7 +158,10 @@ def _active_values(client: CoderClient, version: TemplateVersion) -> dict[str, s
 def plan(local: LocalTemplate, remote: RemoteTemplate) -> Plan:
     target = f"template/{local.name}"
     if remote.template is None:
-        return Plan((Action("create-template", target, "missing on coderd", {"fingerprint": local.fingerprint}),))
+        details: dict[str, Any] = {"fingerprint": local.fingerprint}
+        if remote.parameter_flow:
+            details["use_classic_parameter_flow"] = local.settings.use_classic_parameter_flow
+        return Plan((Action("create-template", target, "missing on coderd", details),))
     actions = []
     same_content = remote.active_content == local.fingerprint
     wanted_vars = local.variables_fingerprint()
@@ -159,11 +171,11 @@ def plan(local: LocalTemplate, remote: RemoteTemplate) -> Plan:
         actions.append(Action("publish-version", target, "active version's content differs",
                               {"fingerprint": local.fingerprint, "active_fingerprint": remote.active_content}))
     elif not same_vars:
-        details: dict[str, Any] = {"fingerprint": local.fingerprint}
+        details = {"fingerprint": local.fingerprint}
         if differing:
             details["variables"] = differing
         actions.append(Action("publish-version", target, "template variable values changed", details))
-    diff = settings_diff(local, remote.template)
+    diff = settings_diff(local, remote.template, remote.parameter_flow)
     if diff:
         actions.append(Action("update-settings", target, "settings differ", {"changes": sorted(diff)}))
     if not actions:
@@ -176,9 +188,12 @@ def plan(local: LocalTemplate, remote: RemoteTemplate) -> Plan:
 
 # -- check: what a write needs from coderd, read once and only when something is written ---
 class Preflight:
-    def __init__(self, client: CoderClient, org: str) -> None:
+    def __init__(self, client: CoderClient, org: str, written: str | None = None) -> None:
+        """`written`: what this run wrote before the organization could be checked (recover on a
+        fresh database creates the first user first: without a user there is no session to ask with)."""
         self.client = client
         self.org = org
+        self.written = written
         self._org_known = False
         self._providers: list[str] | None = None
 
@@ -191,8 +206,13 @@ class Preflight:
             self.client.organization(self.org)
         except CoderAPIError as err:
             if err.status in (400, 404):
-                raise ConfigError(f"CODER_ORGANIZATION: coderd has no organization {self.org!r} that the admin can see "
-                                  f"(`default` is the default organization); nothing was written") from None
+                problem = (f"CODER_ORGANIZATION: coderd has no organization {self.org!r} that the admin can see "
+                           f"(`default` is the default organization)")
+                if self.written:
+                    # Not exit 2: that promises nothing was written.
+                    raise JobError(f"{problem}; {self.written} before the organization could be checked, "
+                                   "and nothing else was written") from None
+                raise ConfigError(f"{problem}; nothing was written") from None
             raise
         self._org_known = True
 
@@ -227,7 +247,7 @@ class Publisher:
     def apply(self, local: LocalTemplate, remote: RemoteTemplate, p: Plan) -> None:
         for action in p:
             if action.kind == "create-template":
-                self.create_template(local)
+                self.create_template(local, remote.parameter_flow)
             elif action.kind == "publish-version":
                 assert remote.template is not None
                 version = self.build_version(local, remote.template.id)
@@ -235,11 +255,11 @@ class Publisher:
                 self.log.info("activated version", template=local.name, version=version.name, version_id=version.id)
             elif action.kind == "update-settings":
                 assert remote.template is not None
-                self.update_settings(local, remote.template)
+                self.update_settings(local, remote.template, remote.parameter_flow)
 
-    def create_template(self, local: LocalTemplate) -> None:
+    def create_template(self, local: LocalTemplate, parameter_flow: bool) -> None:
         version = self.build_version(local, None)
-        body = {"name": local.name, "template_version_id": version.id, **local.settings.meta()}
+        body = {"name": local.name, "template_version_id": version.id, **local.settings.create_meta(parameter_flow)}
         try:
             template = self.client.create_template(self.org, body)
         except CoderAPIError as err:
@@ -250,9 +270,9 @@ class Publisher:
             raise ConcurrentChange(f"template {local.name} was created by another republisher meanwhile") from None
         self.log.info("created template", template=local.name, template_id=template.id, version=version.name)
 
-    def update_settings(self, local: LocalTemplate, template: Template) -> None:
+    def update_settings(self, local: LocalTemplate, template: Template, parameter_flow: bool) -> None:
         body = {k: getattr(template, k) for k in _COPIED_META if getattr(template, k) is not None}
-        body.update(local.settings.meta())
+        body.update(local.settings.meta(parameter_flow))
         changed = self.client.update_template_meta(template.id, body)
         self.log.info("updated template settings", template=local.name, changed=changed)
 
@@ -276,7 +296,7 @@ class Publisher:
         # Cached before waiting: a re-plan after a failed poll waits on it instead of building again.
         self._built[key] = version
         try:
-            version = self.wait_for_job(local, version)
+            version = self.wait_for_job(local, version, new_template=template_id is None)
         except CoderAPIError:
             raise  # a failed poll, not a failed build: the re-plan waits on this version again
         except JobError:
@@ -303,7 +323,7 @@ class Publisher:
                 raise TemplateError(f"template {local.name}: coderd could not parse the template: {err.detail or err.message}") from None
             raise
 
-    def wait_for_job(self, local: LocalTemplate, version: TemplateVersion) -> TemplateVersion:
+    def wait_for_job(self, local: LocalTemplate, version: TemplateVersion, new_template: bool = False) -> TemplateVersion:
         first: TemplateVersion | None = version
 
         def fetch() -> TemplateVersion:
@@ -319,21 +339,22 @@ class Publisher:
             self.client.cancel_template_version(version.id)
             raise TemplateError(
                 f"template {local.name}: version {version.name} was not built within {self.timeout:g}s "
-                f"(TEMPLATE_BUILD_TIMEOUT; job {version.job.status}); the active version is unchanged"
+                f"(TEMPLATE_BUILD_TIMEOUT; job {version.job.status}); {unchanged_text(new_template)}"
                 + ("" if version.job.status != "pending" else ": is a provisioner daemon running?")
             )
         if version.job.status != "succeeded":
-            raise TemplateError(failed_build_message(local.name, version, self.client.template_version_logs(version.id)))
+            raise TemplateError(failed_build_message(local.name, version, self.client.template_version_logs(version.id),
+                                                     new_template))
         self.log.info("version built", template=local.name, version=version.name, version_id=version.id)
         return version
 
 
 def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
-             templates: list[LocalTemplate] | None = None) -> Plan:
+             templates: list[LocalTemplate] | None = None, written: str | None = None) -> Plan:
     if templates is None:
         templates = load_templates(settings.templates_dir, settings.template_names())
     publisher = Publisher(client, settings, ctx.log)
-    preflight = Preflight(client, settings.coder_organization)
+    preflight = Preflight(client, settings.coder_organization, written)
     done = Plan()
     failed: list[str] = []
     for local in templates:

@@ -28,6 +28,10 @@ class TemplateSettings(BaseModel):
     default_ttl_ms: int = Field(default=0, ge=0)
     activity_bump_ms: int = Field(default=3_600_000, ge=0)
     allow_user_cancel_workspace_jobs: bool = False
+    # Both templates were written for, and verified on, coderd v2.21, whose only flow is the
+    # classic one; newer coderd creates templates on dynamic parameters unless told otherwise
+    # (README "Supported Coder versions"). `false` opts a template into dynamic parameters.
+    use_classic_parameter_flow: bool = True
     variables: dict[str, str | int | float | bool | list[str]] = Field(default_factory=dict)
 
     @field_validator("display_name")
@@ -37,8 +41,19 @@ class TemplateSettings(BaseModel):
             raise ValueError("must not have leading or trailing whitespace")
         return value
 
-    def meta(self) -> dict[str, Any]:
-        return self.model_dump(exclude={"variables"})
+    def meta(self, parameter_flow: bool = True) -> dict[str, Any]:
+        """The settings as PATCH /templates/{id} names them; without the parameter flow for a coderd
+        that does not know it (jobs/coder_versions.py)."""
+        exclude = {"variables"} if parameter_flow else {"variables", "use_classic_parameter_flow"}
+        return self.model_dump(exclude=exclude)
+
+    def create_meta(self, parameter_flow: bool = True) -> dict[str, Any]:
+        """The same for POST .../templates, whose request names the flow
+        `template_use_classic_parameter_flow` (coder/coder PR #18636, CreateTemplateRequest)."""
+        meta = self.meta(parameter_flow)
+        if "use_classic_parameter_flow" in meta:
+            meta["template_use_classic_parameter_flow"] = meta.pop("use_classic_parameter_flow")
+        return meta
 
     def variable_values(self) -> list[dict[str, str]]:
         """As the CLI sends them: strings; lists as JSON, booleans as true/false."""

@@ -24,8 +24,15 @@ SKIP_REASON = f"Coder's swagger.json is not at {SWAGGER} (CI always has ../share
 _SUCCESS_ALIASES = {201: 200, 200: 201}
 # Request bodies the spec does not describe: PATCH /templates/{id} takes UpdateTemplateMeta.
 _NO_REQUEST_SCHEMA = {("patch", "/templates/{template}")}
-# Fields coderd accepts that this spec version does not list (newer coderd, see issue 2).
-_EXTRA_REQUEST_FIELDS = {("post", "/users/first"): {"setup_token"}}
+# Fields coderd accepts that this spec version does not list (newer coderd, see issue 2 and
+# fakes/coderd_versions.py, which cites where each comes from).
+_EXTRA_REQUEST_FIELDS = {("post", "/users/first"): {"setup_token"},
+                         ("post", "/organizations/{organization}/templates"): {"template_use_classic_parameter_flow"}}
+# Fields newer coderd releases answer that this spec version does not list (fakes/coderd_versions.py).
+_NEWER_PROPERTIES = {
+    "codersdk.AuthMethods": {"setup_token_required": {"type": "boolean"}},
+    "codersdk.Template": {"use_classic_parameter_flow": {"type": "boolean"}},
+}
 # Definitions the spec gets wrong. codersdk.TransitionStats has no json tags, so a real coderd
 # sends `P50`/`P95` (BEHAVIOR.md summary table, seen on a real server).
 _DEFINITION_FIXES = {
@@ -107,7 +114,10 @@ def _nullable(schema: Any) -> Any:
 
 @lru_cache(maxsize=1)
 def _definitions(strict: bool = True) -> dict[str, Any]:
-    defs = _nullable({**spec()["definitions"], **_DEFINITION_FIXES})
+    merged = {**spec()["definitions"], **_DEFINITION_FIXES}
+    for name, extra in _NEWER_PROPERTIES.items():
+        merged[name] = {**merged[name], "properties": {**merged[name]["properties"], **extra}}
+    defs = _nullable(merged)
     if strict:  # the fake and the jobs may not invent fields the spec does not have
         for d in defs.values():
             if isinstance(d, dict) and "properties" in d:

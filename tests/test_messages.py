@@ -136,8 +136,10 @@ def test_a_job_logs_its_effective_settings_once_without_secrets_and_closes_with_
     assert settings["TEMPLATE_BUILD_TIMEOUT"] == 30 and settings["dry_run"] is True
     assert not {"CODER_ADMIN_PASSWORD", "CODER_SESSION_TOKEN", "CODER_SETUP_TOKEN"} & set(settings)
     assert result.events[-1]["event"] == "summary"
-    assert {k: result.events[-1][k] for k in ("checked", "changed", "deferred", "failed")} == {
-        "checked": 2, "changed": 2, "deferred": 0, "failed": 0}
+    # A dry run says what would change, under a key of its own: it changed nothing.
+    assert {k: result.events[-1][k] for k in ("checked", "would_change", "deferred", "failed")} == {
+        "checked": 2, "would_change": 2, "deferred": 0, "failed": 0}
+    assert "changed" not in result.events[-1]
     assert result.stderr == ""
     assert_no_secret(result, CANARY_PASSWORD)
 

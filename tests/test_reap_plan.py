@@ -157,3 +157,14 @@ def test_only_the_templates_credentials_secrets_belong_to_a_workspace():
     other = "6d8b4c1f-3a5e-4d72-8b68-1e7f2a3c4d5e"
     assert credentials_secret_workspace(f"coder-{other}-credentials", label) is None  # name and label disagree
     assert credentials_secret_workspace("coder-not-a-uuid-credentials", {"com.coder.workspace.id": "not-a-uuid"}) is None
+
+
+def test_a_quota_stop_of_a_just_started_workspace_does_not_report_it_idle():
+    started = ws("a", "fresh", last_used=NOW - 30 * H, completed=NOW - timedelta(minutes=3))
+    idle = ws("a", "old", last_used=NOW - 30 * H, completed=NOW - 29 * H)
+
+    qp = plan_quota_stops([started, idle], 0, set(), NOW, Policy(2 * H, parse_exempt(None)), keep=10)
+
+    details = {c.name: c.details(NOW) for c in qp.stops}
+    assert "idle_s" not in details["fresh"] and details["fresh"]["running_s"] == 180
+    assert details["old"]["idle_s"] == 30 * 3600

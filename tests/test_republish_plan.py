@@ -219,3 +219,13 @@ def test_templates_naming_a_missing_folder_is_a_config_error(tmp_path):
 def test_a_failed_builds_name_is_retried_under_the_next_free_attempt_number_not_the_clock():
     assert retry_name("cj-abc-def", {"cj-abc-def"}) == "cj-abc-def-2"
     assert retry_name("cj-abc-def", {"cj-abc-def", "cj-abc-def-2", "cj-abc-def-3"}) == "cj-abc-def-4"
+
+
+def test_a_brand_new_template_that_fails_to_build_does_not_claim_an_active_version():
+    version = TemplateVersion.model_validate({"id": "v1", "name": "cj-1", "job": {"id": "j", "status": "failed", "error": "boom"}})
+
+    new = failed_build_message("ameide-dev", version, [], new_template=True)
+    existing = failed_build_message("ameide-dev", version, [])
+
+    assert "no template was created" in new and "active version" not in new
+    assert "the active version is unchanged" in existing
