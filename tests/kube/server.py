@@ -43,13 +43,19 @@ KUBE_LDFLAGS = " ".join(
                      ("gitTreeState", "clean"), ("buildDate", "1970-01-01T00:00:00Z"))
 )
 
-MODULES = {
+HELM_VERSION = "v3.18.6"
+
+MODULES: dict[str, tuple[str | None, list[str], list[str], str]] = {
     # build step -> (module folder, packages, binaries, ldflags)
     "k8s": ("k8s", ["./cmd/kube-apiserver", "./cmd/kubectl"], ["kube-apiserver", "kubectl"], KUBE_LDFLAGS),
     # The node (tests/kube/node.py): controllers, scheduler, kubelet and kube-proxy, same version.
     "node": ("k8s", ["./cmd/kube-controller-manager", "./cmd/kube-scheduler", "./cmd/kubelet", "./cmd/kube-proxy"],
              ["kube-controller-manager", "kube-scheduler", "kubelet", "kube-proxy"], KUBE_LDFLAGS),
     "etcd": ("etcd", ["."], ["etcd"], ""),
+    # The helm CLI (the node's install tests): v3's cmd/helm is a main package of its own module,
+    # installed at an exact version from the Go module proxy (no module folder here).
+    "helm": (None, [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], ["helm"],
+             f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
 }
 
 
@@ -66,11 +72,11 @@ class BuildReport:
             f"; cached {', '.join(self.cached)}" if self.cached else "")
 
 
-def _fingerprint(module: str, ldflags: str, packages: list[str]) -> str:
+def _fingerprint(module: str | None, ldflags: str, packages: list[str]) -> str:
     h = hashlib.sha256()
     go_version = subprocess.run(["go", "env", "GOVERSION"], capture_output=True, text=True, check=True).stdout
     h.update(go_version.encode() + ldflags.encode() + " ".join(packages).encode())
-    for path in sorted((HERE / module).rglob("*")):
+    for path in sorted((HERE / module).rglob("*") if module else []):
         if path.is_file() and (path.suffix == ".go" or path.name in ("go.mod", "go.sum")):
             h.update(str(path.relative_to(HERE)).encode() + b"\0" + path.read_bytes())
     return h.hexdigest()
@@ -103,10 +109,13 @@ def build() -> BuildReport:
             if stamp.exists() and stamp.read_text() == fp and all((BIN / b).exists() for b in binaries):
                 report.cached += binaries
                 continue
-            cmd = ["go", "build", "-trimpath", "-o", str(BIN) + "/"]
+            if module is None:  # package@version: `go install` into the cache
+                cmd, cwd, env = ["go", "install", "-trimpath"], HERE, {**os.environ, "GOBIN": str(BIN)}
+            else:
+                cmd, cwd, env = ["go", "build", "-trimpath", "-o", str(BIN) + "/"], HERE / module, None
             if ldflags:
                 cmd.append(f"-ldflags={ldflags}")
-            proc = subprocess.run([*cmd, *packages], cwd=HERE / module, capture_output=True, text=True)
+            proc = subprocess.run([*cmd, *packages], cwd=cwd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
                 raise RuntimeError(f"building {module} failed:\n{proc.stderr[-4000:]}")
             stamp.write_text(fp)
@@ -281,6 +290,6 @@ class KubeAPIServer:
 if __name__ == "__main__":
     # `./dev test` builds first, so the suite's time is the tests' own (a cold build takes minutes).
     try:
-        print(f"kube-apiserver, kubectl, etcd: {build().describe()}", flush=True)
+        print(f"Kubernetes binaries, etcd and helm: {build().describe()}", flush=True)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"cannot build the real kube-apiserver: {exc}") from None
