@@ -74,11 +74,11 @@ class ImageBuild:
     archive: Path | None  # docker archive for `ctr -n k8s.io images import`; None for the base
     size_bytes: int  # the layers, uncompressed
     archive_bytes: int
-    seconds: float  # this call: a build, or finding the cache
+    seconds: float  # how long the build took (when cached, the build that made the cached image)
     cached: bool
 
     def describe(self) -> str:
-        how = "cached" if self.cached else f"built in {self.seconds:.0f} s"
+        how = f"built in {self.seconds:.0f} s" + (", cached" if self.cached else "")
         archive = f", archive {self.archive_bytes / 1e6:.0f} MB" if self.archive else ""
         return f"{self.reference}: {how}, {self.size_bytes / 1e6:.0f} MB{archive} ({self.image_id[:19]})"
 
@@ -181,18 +181,18 @@ def _cached(name: str, reference: str, fingerprint: str, exported: bool) -> Imag
     if exported and not archive.exists():
         return None
     return ImageBuild(reference, saved["image_id"], archive if exported else None, saved["size_bytes"],
-                      archive.stat().st_size if exported else 0, 0.0, True)
+                      archive.stat().st_size if exported else 0, saved.get("seconds", 0.0), True)
 
 
 def _build(name: str, reference: str, fingerprint: str, make: Callable[[], None], exported: bool = True) -> ImageBuild:
     """Find `name` in the cache, or run `make` (which commits `reference`) and export it."""
-    started = time.monotonic()
     CACHE.mkdir(parents=True, exist_ok=True)
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time: xdist workers, parallel runs
+        started = time.monotonic()
         found = _cached(name, reference, fingerprint, exported)
         if found:
-            return dataclasses.replace(found, seconds=time.monotonic() - started)
+            return found
         make()
         # A rebuilt image takes the tag; the old one, untagged, would only take space.
         buildah("rmi", "--prune", check=False)
@@ -206,10 +206,11 @@ def _build(name: str, reference: str, fingerprint: str, make: Callable[[], None]
             partial.unlink(missing_ok=True)
             buildah("push", "--quiet", reference, f"docker-archive:{partial}:{reference}")
             partial.rename(archive)
+        seconds = time.monotonic() - started
         (CACHE / f"{name}.json").write_text(json.dumps(
-            {"fingerprint": fingerprint, "image_id": image_id, "size_bytes": size}))
+            {"fingerprint": fingerprint, "image_id": image_id, "size_bytes": size, "seconds": seconds}))
         return ImageBuild(reference, image_id, archive if exported else None, size,
-                          archive.stat().st_size if exported else 0, time.monotonic() - started, False)
+                          archive.stat().st_size if exported else 0, seconds, False)
 
 
 def _require() -> None:
@@ -310,10 +311,10 @@ def build_pause() -> ImageBuild:
 
 
 def archive_config(archive: Path) -> dict:
-    """The image config inside a docker archive (what containerd imports)."""
+    """What a container of the image in a docker archive starts with (User, Env, Entrypoint, Labels...)."""
     with tarfile.open(archive) as tar:
         manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
-        return json.load(tar.extractfile(manifest[0]["Config"]))  # type: ignore[arg-type]
+        return json.load(tar.extractfile(manifest[0]["Config"]))["config"]  # type: ignore[arg-type]
 
 
 def main() -> int:
