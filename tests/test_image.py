@@ -130,7 +130,10 @@ def test_final_stage_has_no_pip_and_no_compilers() -> None:
     runs = " ".join(rest for w, rest in final if w == "RUN")
     assert not re.search(r"\bpip\d?(\.\d+)? install\b|-m pip\b", runs), "pip must not run in the final stage"
     assert not re.search(r"apt-get install|gcc|build-essential|\bmake\b", runs)
-    for removed in ("site-packages/pip", "site-packages/setuptools", "ensurepip", "/usr/local/bin/pip"):
+    # From where the official base keeps them, and where Debian's python3-pip does (the tests' base).
+    for site in ("/usr/local/lib/python3.11/site-packages", "/usr/lib/python3/dist-packages"):
+        assert site in runs, f"final stage does not clean {site}"
+    for removed in ("/pip", "/setuptools", "/pkg_resources", "/wheel", "ensurepip", "/usr/local/bin/pip", "/usr/bin/pip"):
         assert removed in runs, f"final stage does not remove {removed}"
     copies = [rest for w, rest in final if w == "COPY"]
     assert all("--from=builder" in c for c in copies), "final stage copies only the built venv"
