@@ -5,6 +5,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -191,8 +192,15 @@ def pytest_terminal_summary(terminalreporter):
 
 def pytest_collection_finish(session):
     """Build the real API server (cold: minutes) before the first test that needs it, so the
-    build is not charged to that test's timeout. Nothing is built for a run that needs no server."""
-    if any("kube_apiserver" in getattr(item, "fixturenames", ()) for item in session.items):
+    build is not charged to that test's timeout. Nothing is built for a run that needs no server.
+    Likewise the node's Debian packages and images, when a node test is collected."""
+    needs = {f for item in session.items for f in getattr(item, "fixturenames", ())}
+    if "node" in needs:
+        from tests.kube import prepare
+
+        for line in prepare.prepare_node():
+            _report("node-prepare-" + line.split(":")[0].replace(" ", "-"), line)
+    if "kube_apiserver" in needs or "node" in needs:
         from tests.kube import server
 
         built = server.build()
@@ -230,3 +238,57 @@ def kube_cluster(kube_apiserver):
 def kube(kube_cluster):
     """The real Kubernetes API server, with the test namespaces emptied, no faults and an empty log."""
     return kube_cluster.reset()
+
+
+# ---------------------------------------------------------------- the real node (tests/kube/node.py)
+
+
+def _report(name: str, line: str) -> None:
+    report = Path(os.environ.get("CODER_JOBS_KUBE_REPORT", tempfile.gettempdir()))
+    (report / (re.sub(r"[^\w.-]", "-", name) + ".txt")).write_text(line + "\n")
+
+
+@pytest.fixture(scope="session")
+def node(worker_id):
+    """One real node per machine (every node test is in the `node` xdist group, so one worker has
+    it): control plane, kubelet, containerd and kube-proxy in their own network namespace, with
+    the product image built from images/Dockerfile imported. Where the machine cannot run a node
+    the tests skip with the reason, except in CI, where that is a failure."""
+    from tests.kube import image
+    from tests.kube import node as kube_node
+
+    reason = kube_node.unavailable_reason()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI must run the node tests: {reason}")
+        pytest.skip(reason)
+    from tests.kube import prepare
+
+    prepare.prepare_node()  # cached by now (collection prepared it): finds the images
+    pause, product = image.build_pause(), image.build_image()
+    machine_lock = kube_node.hold_the_machine()  # a second process wanting a node waits for this one's to go
+    n = kube_node.Node().start()
+    try:
+        n.import_image(pause.archive, kube_node.PAUSE_IMAGE)
+        n.import_image(product.archive, NODE_IMAGE)
+        v = n.report.versions
+        _report("node", f"node: kubelet {v['kubelet']}, containerd {v['containerd']}, runc {v['runc']}, "
+                        f"CNI plugins {v['cni-plugins']}; Ready {n.report.ready_seconds:.1f} s after start ({worker_id})")
+        yield n
+    finally:
+        n.stop()
+        machine_lock.close()
+
+
+# The tag the node's pods run: the image built from images/Dockerfile, imported into containerd
+# (no registry is reachable; the pods use it with imagePullPolicy Never).
+NODE_IMAGE = "ghcr.io/ameideio/coder-jobs:node-test"
+
+
+@pytest.fixture(scope="session")
+def node_cluster(node):
+    from tests.kube.cluster import Cluster
+
+    cluster = Cluster(node)
+    yield cluster
+    cluster.proxy.stop()

@@ -146,7 +146,11 @@ class Cluster:
             ns["metadata"].setdefault("labels", {}).update(labels)
             ns = self._check(self.http.put(f"/api/v1/namespaces/{name}", json=ns)).json()
         if self.get_object("serviceaccount", name, "default") is None:
-            self.create("serviceaccount", name, {"metadata": {"name": "default"}})
+            try:
+                self.create("serviceaccount", name, {"metadata": {"name": "default"}})
+            except KubeError as exc:
+                if exc.status != 409:  # on the node, the ServiceAccount controller may be first
+                    raise
         return ns
 
     # ------------------------------------------------------------------ objects (as cluster-admin)

@@ -19,16 +19,19 @@ touched; the same mount namespace lets containerd see the volumes the kubelet mo
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import httpx
 
@@ -63,6 +66,14 @@ def unavailable_reason() -> str | None:
     if not Path("/sys/fs/cgroup").exists():
         return "no cgroup filesystem"
     return None
+
+
+def hold_the_machine() -> IO[str]:
+    """An exclusive lock on the machine's one node, held until the returned file is closed."""
+    RUN.parent.mkdir(parents=True, exist_ok=True)
+    lock = open(Path("/run") / "coder-jobs-node.lock", "w")
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    return lock
 
 
 def install_packages() -> None:
@@ -459,16 +470,15 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                               check=check, capture_output=True, text=True)
 
     def import_image(self, archive: Path | str, *refs: str) -> None:
-        """Import an image archive into containerd's k8s.io namespace and tag it as `refs` (pods use
-        them with imagePullPolicy Never/IfNotPresent: no registry is reachable)."""
-        out = self.ctr("images", "import", "--no-unpack", str(archive)).stdout
-        imported = [line.split()[1] for line in out.splitlines() if line.startswith("unpacking ")]
-        if not imported:
-            listed = self.ctr("images", "ls", "-q").stdout.split()
-            imported = listed[-1:]
+        """Import a docker archive into containerd's k8s.io namespace and tag it as `refs` too (pods
+        use them with imagePullPolicy Never: no registry is reachable)."""
+        with tarfile.open(archive) as tar:
+            manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
+        imported = manifest[0]["RepoTags"][0]  # the name ctr gives the image it imports
+        self.ctr("images", "import", str(archive))
         for ref in refs:
-            if ref not in imported:
-                self.ctr("images", "tag", "--force", imported[0], ref)
+            if ref != imported:
+                self.ctr("images", "tag", "--force", imported, ref)
 
     # ------------------------------------------------------------------ stop
 
