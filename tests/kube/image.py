@@ -78,7 +78,8 @@ class ImageBuild:
     cached: bool
 
     def describe(self) -> str:
-        how = f"built in {self.seconds:.0f} s" + (", cached" if self.cached else "")
+        how = f"built in {self.seconds:.0f} s" if self.seconds else "built"
+        how += ", cached" if self.cached else ""
         archive = f", archive {self.archive_bytes / 1e6:.0f} MB" if self.archive else ""
         return f"{self.reference}: {how}, {self.size_bytes / 1e6:.0f} MB{archive} ({self.image_id[:19]})"
 
