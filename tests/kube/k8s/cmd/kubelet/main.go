@@ -2,7 +2,6 @@
 package main
 
 import (
-	"context"
 	"os"
 
 	"k8s.io/component-base/cli"
@@ -13,5 +12,5 @@ import (
 )
 
 func main() {
-	os.Exit(cli.Run(app.NewKubeletCommand(context.Background())))
+	os.Exit(cli.Run(app.NewKubeletCommand()))
 }
