@@ -114,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
     for name, (_module, cls_name, help_text, flags) in JOBS.items():
         cls = getattr(settings_mod, cls_name)
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[_global_flags(defaults=False, dry_run=name not in READ_ONLY_JOBS)],
+        job_flags = _global_flags(defaults=False, dry_run=name not in READ_ONLY_JOBS)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[job_flags],
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=_secrets_epilog(cls) + "Exit codes: 0 converged (a no-op counts), 1 could not "
                                                          "converge, 2 invalid configuration or input.")

@@ -22,8 +22,8 @@ from hypothesis import strategies as st
 
 from jobs import settings as settings_mod
 from jobs.errors import ConfigError
-from tests.conftest import CANARY_PASSWORD
 from tests.chart_helpers import DIGEST, RELEASE, deep_merge, env_of, render, rendered
+from tests.conftest import CANARY_PASSWORD
 
 BASE = {"enabled": True, "environment": "dev", "image": {"digest": DIGEST}, "networkPolicy": {"enabled": False}}
 CODER = {"coder_url": "http://127.0.0.1:1", "coder_session_token": "abcdef-0123456789"}
