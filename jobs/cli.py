@@ -11,6 +11,7 @@ import importlib
 import os
 import signal
 import sys
+import typing
 from collections.abc import Sequence
 from typing import Any
 
@@ -18,7 +19,7 @@ from jobs import __version__
 from jobs import settings as settings_mod
 from jobs.context import RunContext
 from jobs.errors import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, ConfigError, JobError, Terminated
-from jobs.log import configure, flush, get_logger, register_secrets
+from jobs.log import configure, flush, get_logger, register_public_keys, register_secrets
 
 # name -> (module, settings class, help, extra boolean flags)
 JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
@@ -42,20 +43,26 @@ JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
         "jobs.reap",
         "ReapSettings",
         "Stop idle workspaces, check per-user quotas, find orphaned workspace pods",
-        {"delete-orphans": "delete orphaned workspace pods (default: report only)"},
+        {"delete-orphans": "delete orphaned workspace objects in REAP_WORKSPACE_NAMESPACE: pods, Deployments and "
+                           "coder-<id>-credentials Secrets of workspaces coderd does not know or has stopped "
+                           "(default: report only)"},
     ),
 }
+
+# Jobs that never write: no --dry-run to offer.
+READ_ONLY_JOBS = {"doctor"}
 
 SECRET_ENV = ("CODER_ADMIN_PASSWORD", "CODER_SESSION_TOKEN", "CODER_SETUP_TOKEN")
 
 
-def _global_flags(defaults: bool) -> argparse.ArgumentParser:
+def _global_flags(defaults: bool, dry_run: bool = True) -> argparse.ArgumentParser:
     # Accepted both before and after the subcommand; SUPPRESS keeps the later one from
     # overwriting the earlier with its default.
     p = argparse.ArgumentParser(add_help=False)
     default = None if defaults else argparse.SUPPRESS
-    p.add_argument("--dry-run", action="store_true", default=False if defaults else argparse.SUPPRESS,
-                   help="plan and print, write nothing")
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true", default=False if defaults else argparse.SUPPRESS,
+                       help="plan and print, write nothing")
     p.add_argument("--log-format", choices=["json", "console"], default=default,
                    help="json (default when stdout is not a terminal) or console")
     return p
@@ -78,7 +85,9 @@ def _settings_flags(parser: argparse.ArgumentParser, cls: type[settings_mod.JobS
             when = ""  # the description says what unset means
         else:
             when = f" (default: {_default_text(info.default)})"
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None, metavar="VALUE",
+        choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
+        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None,
+                           metavar="|".join(choices) if choices else "VALUE",
                            help=f"{info.description or ''} [env {name.upper()}]{when}")
 
 
@@ -110,13 +119,25 @@ def build_parser() -> argparse.ArgumentParser:
         codes = ("Exit codes: 0 healthy, 1 drift found, 2 invalid configuration or input, 3 could not check "
                  "(coderd unreachable, or failing past CODER_READY_TIMEOUT)." if name == "doctor" else
                  "Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.")
-        p = sub.add_parser(name, help=help_text, description=help_text, parents=[_global_flags(defaults=False)],
+        job_flags = _global_flags(defaults=False, dry_run=name not in READ_ONLY_JOBS)
+        p = sub.add_parser(name, help=help_text, description=help_text, parents=[job_flags],
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=_secrets_epilog(cls) + codes)
         for flag, flag_help in flags.items():
             p.add_argument(f"--{flag}", action="store_true", help=flag_help)
         _settings_flags(p, cls)
     return parser
+
+
+def _url_passwords(*urls: str | None) -> list[str]:
+    """Userinfo of a URL given as CODER_URL: settings refuse such a URL (exit 2) without echoing it,
+    and this keeps the password out of any line logged before that."""
+    out = []
+    for url in urls:
+        if url and "@" in url:
+            userinfo = url.split("://", 1)[-1].split("/", 1)[0].rpartition("@")[0]
+            out += [userinfo, userinfo.partition(":")[2]]
+    return out
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -128,15 +149,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     configure(args.log_format or os.environ.get("CODER_JOBS_LOG_FORMAT") or None, job=args.job)
     log = get_logger()
     register_secrets(os.environ.get(name) for name in SECRET_ENV)
+    register_secrets(_url_passwords(os.environ.get("CODER_URL"), getattr(args, "setting_coder_url", None)))
     signal.signal(signal.SIGTERM, _on_sigterm)
     module_name, cls_name, _help, flags = JOBS[args.job]
     try:
         overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
         settings = settings_mod.load(getattr(settings_mod, cls_name), overrides)
         register_secrets(settings.secret_values())
+        public = settings.public_values()
+        register_public_keys(public)  # secret *names* are names: shown, so the next line is not a riddle
         ctx = RunContext(dry_run=args.dry_run, log=log,
                          flags={f.replace("-", "_"): getattr(args, f.replace("-", "_")) for f in flags})
-        log.info("settings", dry_run=args.dry_run, **ctx.flags, **settings.public_values())
+        log.info("settings", dry_run=args.dry_run, **ctx.flags, **public)
         module = importlib.import_module(module_name)
         return int(module.run(settings, ctx))
     except ConfigError as exc:

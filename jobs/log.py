@@ -24,6 +24,10 @@ import structlog
 REDACTED = "[REDACTED]"
 _SECRET_KEY = re.compile(r"pass(word)?|token|secret|authorization|cookie|credential|api[_-]?key", re.I)
 _secrets: set[str] = set()
+# Keys known to hold no secret although their name sounds like one: the non-secret settings, such
+# as EXTERNAL_AUTH_TARGET_SECRET (a Secret's *name*). Redaction is by value; the name rule above is
+# only a net for fields nobody registered.
+_public_keys: set[str] = set()
 
 
 def register_secrets(values: Iterable[str | None]) -> None:
@@ -36,8 +40,14 @@ def register_secrets(values: Iterable[str | None]) -> None:
                 _secrets.add(stripped)
 
 
+def register_public_keys(keys: Iterable[str]) -> None:
+    """Field names whose values are not secret (the settings' non-secret variables)."""
+    _public_keys.update(keys)
+
+
 def clear_secrets() -> None:
     _secrets.clear()
+    _public_keys.clear()
 
 
 def redact_text(text: str) -> str:
@@ -49,7 +59,7 @@ def redact_text(text: str) -> str:
 
 
 def _redact(value: Any, key: str | None = None) -> Any:
-    if key is not None and _SECRET_KEY.search(key) and value not in (None, "", False, True):
+    if key is not None and key not in _public_keys and _SECRET_KEY.search(key) and value not in (None, "", False, True):
         if not isinstance(value, (int, float)):
             return REDACTED
     if isinstance(value, str):

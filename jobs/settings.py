@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -27,6 +28,42 @@ def _check(value: Any, problem: str | None) -> Any:
     if problem:
         raise ValueError(problem)
     return value
+
+
+def coder_url_problem(value: Any) -> str | None:
+    """Why `value` cannot be CODER_URL, in our words (pydantic's speak of "relative URL without a
+    base"), never repeating the value: it may hold a password."""
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        port = parts.port  # raises on a port that is not a number
+    except ValueError:
+        return "is not a URL (expected http://host[:port], e.g. http://coder.coder.svc.cluster.local)"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return ("needs a scheme and a host: http://host[:port] or https://host[:port], e.g. "
+                "http://coder.coder.svc.cluster.local")
+    if "@" in parts.netloc:
+        # Refused rather than redacted: a credential in a URL ends up in every event, error and
+        # proxy log that prints the URL. The jobs take credentials only as secrets.
+        return ("must not carry credentials (user:password@host); give them as CODER_SESSION_TOKEN or "
+                "CODER_ADMIN_EMAIL and CODER_ADMIN_PASSWORD")
+    if not parts.hostname or (port is not None and not 0 < port < 65536):
+        return "is not a URL (expected http://host[:port], e.g. http://coder.coder.svc.cluster.local)"
+    if parts.query or parts.fragment:
+        return "must be a base URL, without ?query or #fragment"
+    return None
+
+
+# A Kubernetes object name (RFC 1123 subdomain), as the API server checks it: checked here so a
+# bad name exits 2 before any write, not 1 after the server's 422.
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def object_name_problem(value: str) -> str | None:
+    if len(value) > 253 or not _DNS_SUBDOMAIN.match(value):
+        return ("is not a valid Kubernetes object name (lowercase letters, digits, '-' and '.', starting and "
+                "ending with a letter or digit, at most 253 characters)")
+    return None
 
 
 class JobSettings(BaseSettings):
@@ -75,6 +112,11 @@ class CoderSettings(JobSettings):
     coder_ready_timeout: float = Field(300.0, gt=0, le=86400, description="Seconds to wait for coderd to answer")
     coder_request_timeout: float = Field(30.0, gt=0, le=600, description="Seconds for one HTTP request")
 
+    @field_validator("coder_url", mode="before")
+    @classmethod
+    def _url(cls, value: Any) -> Any:
+        return _check(value, coder_url_problem(value))
+
     @field_validator("coder_session_token")
     @classmethod
     def _token_shape(cls, value: SecretStr | None) -> SecretStr | None:
@@ -113,7 +155,8 @@ class TemplateFolderSettings(CoderSettings):
     """Where the templates are, and which of them a job works on."""
 
     templates_dir: Path = Field(description="Folder with one subfolder per Coder template")
-    templates: str | None = Field(None, description="Comma list of templates to publish (unset: every subfolder)")
+    templates: str | None = Field(None, description="Comma list of the template folders to work on (unset: every "
+                                                    "subfolder of TEMPLATES_DIR)")
 
     @field_validator("templates_dir")
     @classmethod
@@ -153,6 +196,12 @@ class ExternalAuthSettings(JobSettings):
     coder_deployment: str | None = Field(None, description="coderd Deployment to roll when the content changes")
     external_auth_source_timeout: float = Field(
         300, ge=0, le=86400, description="Seconds to wait for source Secrets that do not exist yet (not delivered yet)")
+
+    @field_validator("external_auth_client_id_secret", "external_auth_client_secret_secret",
+                     "external_auth_target_secret", "coder_deployment")
+    @classmethod
+    def _object_name(cls, value: str | None) -> str | None:
+        return value if value is None else _check(value, object_name_problem(value))
 
     @field_validator("external_auth_id")
     @classmethod

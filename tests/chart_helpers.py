@@ -112,10 +112,14 @@ def rendered(values: dict[str, Any] | None = None, **kwargs: Any) -> Rendered:
     return Rendered(parse(raw), notes, raw)
 
 
-def env_values(env: str, *, enable: bool = False) -> dict[str, Any]:
+def env_values(env: str, *, enable: bool = False, released: bool = True) -> dict[str, Any]:
+    """A values file; `released`: with the image digest the release workflow's pull request writes
+    into it (the committed files have none until the first release)."""
     values = load_values(env)
     if enable:
         values = deep_merge(values, {"enabled": True})
+    if released and env != "local" and not values.get("image", {}).get("digest"):
+        values = deep_merge(values, {"image": {"digest": DIGEST}})
     return values
 
 

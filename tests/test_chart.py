@@ -188,8 +188,14 @@ def test_enablement_matrix() -> None:
         "local": False, "dev": True, "staging": False, "production": False}
     for env in ("dev", "staging", "production"):  # fully wired: enabling is one flip
         values = load_values(env)
-        assert values["image"]["digest"].startswith("sha256:"), env
         assert values["workspaces"]["enabled"] is True, env
+
+
+def test_no_values_file_ships_a_digest_no_release_made() -> None:
+    """A digest appears in a values file only through the release workflow's pull request: a
+    made-up one would satisfy the check below and fail every pull."""
+    for env in ENVIRONMENTS:
+        assert load_values(env).get("image", {}).get("digest", "") == "", env
 
 
 def test_supported_kubernetes_range() -> None:
@@ -362,11 +368,13 @@ def test_schema_rejects_bad_values_at_render(bad: dict[str, Any], where: str) ->
     assert where in str(exc.value)
 
 
-def test_digest_required_outside_local() -> None:
+def test_digest_required_outside_local_and_the_message_says_where_it_comes_from() -> None:
     for env in ("dev", "staging", "production"):
-        values = deep_merge(env_values(env, enable=True), {"image": {"digest": ""}})
-        with pytest.raises(helm.HelmValuesError, match="digest"):
-            render(values)
+        with pytest.raises(helm.HelmError) as exc:
+            render(env_values(env, enable=True, released=False))
+        text = str(exc.value)
+        assert f'image.digest is required when environment is "{env}"' in text
+        assert ".github/workflows/release.yaml" in text and f"chart/values-{env}.yaml" in text
     # local may use a tag
     local = rendered(env_values("local", enable=True))
     images = {c["image"] for o in workloads(local) for p in pod_specs(o) for c in p["containers"]}
@@ -1077,16 +1085,16 @@ def test_workspaces_off_renders_no_guardrails() -> None:
     r = rendered(deep_merge(FULL, {"workspaces": {"enabled": False}}))
     assert not any(o["metadata"].get("namespace") == WS_NS and o["kind"] != "Role" and o["kind"] != "RoleBinding"
                    for o in r.objects)
-    # the reaper keeps its read access to the namespace it checks
-    assert r.get("Role", f"{RELEASE}-reap")["metadata"]["namespace"] == WS_NS
+    # the reaper keeps its read access to the namespace it checks, which is one that exists
+    assert r.get("Role", f"{RELEASE}-reap")["metadata"]["namespace"] == NAMESPACE
 
 
 def test_workspace_namespace_may_equal_release_namespace() -> None:
     r = rendered(deep_merge(FULL, {"workspaces": {"namespace": NAMESPACE}}))
     assert r.get("ResourceQuota", f"{RELEASE}-workspaces")["metadata"]["namespace"] == NAMESPACE
     assert env_of(r.get("CronJob", f"{RELEASE}-reaper"))["REAP_WORKSPACE_NAMESPACE"]["value"] == NAMESPACE
-    with pytest.raises(helm.HelmError, match="createNamespace"):
-        render(deep_merge(FULL, {"workspaces": {"namespace": NAMESPACE, "createNamespace": True}}))
+    # createNamespace (the default) does not try to create the namespace the release already has
+    assert not r.kind("Namespace")
 
 
 def test_dev_creates_the_workspace_namespace_and_keeps_it(dev: Rendered) -> None:
@@ -1140,3 +1148,25 @@ def test_rendered_args_and_env_are_accepted_by_the_jobs(source: str, dev: Render
         cls = getattr(settings_mod, CLI_JOBS[args.job][1])
         loaded = settings_mod.load(cls)  # raises ConfigError (exit 2) on a bad value
         assert loaded is not None, obj["metadata"]["name"]
+
+
+# ----------------------------------------------------------------- namespaces that exist (issue 20)
+
+def test_the_reapers_role_defaults_to_the_release_namespace_without_workspace_guardrails() -> None:
+    """With workspaces.enabled false nothing creates coder-workspaces: the reaper's Role, its
+    REAP_WORKSPACE_NAMESPACE and the templates' namespace variable are the release namespace (where
+    Coder's own chart runs workspaces by default)."""
+    r = rendered(deep_merge(FULL, {"workspaces": {"enabled": False}}))
+    assert r.get("Role", f"{RELEASE}-reap")["metadata"]["namespace"] == NAMESPACE
+    assert env_of(r.get("CronJob", f"{RELEASE}-reaper"))["REAP_WORKSPACE_NAMESPACE"]["value"] == NAMESPACE
+    settings = yaml.safe_load(r.get("ConfigMap", f"{RELEASE}-template-ameide-dev")["data"]["coder-template.yaml"])
+    assert settings["variables"]["namespace"] == NAMESPACE
+    chosen = rendered(deep_merge(FULL, {"workspaces": {"enabled": False}, "reap": {"workspaceNamespace": "elsewhere"}}))
+    assert chosen.get("Role", f"{RELEASE}-reap")["metadata"]["namespace"] == "elsewhere"
+
+
+def test_reaper_exemptions_in_the_shipped_values_name_the_admin_they_ship() -> None:
+    for env in ENVIRONMENTS:
+        values = deep_merge(yaml.safe_load((CHART_DIR / "values.yaml").read_text()), load_values(env))
+        owners = {glob.split("/")[0] for glob in values["reap"]["exempt"]}
+        assert owners <= {values["coder"]["admin"]["username"]}, f"values-{env}.yaml exempts {owners}"

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.chart_helpers import NAMESPACE, env_values, pod_specs, render_raw
+from tests.chart_helpers import DIGEST, NAMESPACE, env_values, pod_specs, render_raw
 from tests.kube.cluster import RESTRICTED
 from tests.kube.server import BIN, KUBE_VERSION
 
@@ -149,3 +149,45 @@ def test_every_job_pod_template_is_admitted_as_a_bare_pod(env, kube, crds, admin
                               headers={"Content-Type": "application/json"})
         assert resp.status_code == 201, f"{name}: {resp.status_code} {resp.json().get('message')}"
         assert "warning" not in resp.headers, f"{name}: {resp.headers['warning']}"
+
+
+# ------------------------------------------------------- every documented switch combination (issue 20)
+
+WORKSPACES = {"off": {"enabled": False},
+              "on": {"enabled": True, "networkPolicy": {"enabled": False}},
+              "on+kubernetes": {"enabled": True, "networkPolicy": {"enabled": True, "provider": "kubernetes"}},
+              "on+cilium": {"enabled": True, "networkPolicy": {"enabled": True, "provider": "cilium"}}}
+# The API server CIDRs are a value the kubernetes provider requires (for the jobs' and the
+# workspaces' policies alike), not a switch: every combination carries them.
+API = {"kubernetesApi": {"cidrs": ["10.0.0.1/32"]}}
+JOB_POLICIES = {"off": {"enabled": False, **API},
+                "kubernetes": {"enabled": True, "provider": "kubernetes", **API},
+                "cilium": {"enabled": True, "provider": "cilium", **API}}
+COMBINATIONS = [(n, reap, templates) for n in JOB_POLICIES for reap in (True, False) for templates in (True, False)]
+
+
+def combination(workspaces: str, policy: str, reap: bool, templates: bool) -> dict:
+    """values.yaml with `enabled: true` (and the digest a release writes) plus the switches."""
+    return {"enabled": True, "environment": "dev", "image": {"digest": DIGEST}, "workspaces": WORKSPACES[workspaces],
+            "networkPolicy": JOB_POLICIES[policy], "reap": {"enabled": reap}, "templates": {"enabled": templates}}
+
+
+@pytest.mark.parametrize("workspaces", WORKSPACES)  # four tests of 12 installs: workers share them
+def test_every_switch_combination_installs_on_an_empty_cluster(workspaces, kube, crds, admin_kubeconfig) -> None:
+    """workspaces.enabled (with and without its NetworkPolicy, either provider), networkPolicy.*,
+    reap.enabled and templates.enabled: each of the 4 x 12 renders applies to a cluster that has
+    nothing but the release namespace (Argo CD's CreateNamespace) and the CRDs."""
+    failures = []
+    for combo in ((workspaces, *rest) for rest in COMBINATIONS):
+        raw = render_raw(combination(*combo))
+        objects = [doc for path, text in sorted(raw.items()) if not path.endswith("NOTES.txt")
+                   for doc in yaml.safe_load_all(text) if doc]
+        objects.sort(key=lambda o: o["kind"] != "Namespace")
+        kube.drop_namespaces()
+        kube.ensure_namespace(NAMESPACE, RESTRICTED)
+        r = kubectl(admin_kubeconfig, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}", "-f", "-",
+                    stdin=yaml.safe_dump_all(objects))
+        if r.returncode != 0 or warnings(r.stderr):
+            failures.append(f"workspaces={combo[0]} networkPolicy={combo[1]} reap={combo[2]} templates={combo[3]}: "
+                            f"{r.stderr.strip()}")
+    assert not failures, "\n".join(failures)

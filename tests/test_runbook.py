@@ -15,7 +15,7 @@ RUNBOOK = ROOT / "RUNBOOK.md"
 # ALL_CAPS names that look like ours (the jobs' prefixes).
 OURS = re.compile(r"\b((?:CODER|REAP|TEMPLATES?|EXTERNAL_AUTH|POD)_[A-Z0-9_]+)\b")
 # Mentioned on purpose but read by coderd itself, not by coder-jobs.
-CODERD_OWN = {"CODER_PG_CONNECTION_URL"}
+CODERD_OWN = {"CODER_PG_CONNECTION_URL", "CODER_DEFAULT_TOKEN_LIFETIME", "CODER_MAX_TOKEN_LIFETIME"}
 CRONJOB_REF = re.compile(r"\bcronjobs?[/ ]([a-z0-9][-a-z0-9.]*[a-z0-9])(?![-a-z0-9<])", re.I)
 CREATE_JOB = re.compile(r"kubectl (-n \S+ )?create job --from=cronjob/(\S+) (\S+)")
 
@@ -140,3 +140,28 @@ def test_latest_run_leaves_dry_runs_out(kube, tmp_path, text: str) -> None:
     assert r.returncode == 0, r.stderr
     names = [line.split()[0] for line in r.stdout.splitlines()[1:]]
     assert names == ["coder-jobs-reap-manual-1"]
+
+
+# ---------------------------------------------------------------- §3 (issue 20)
+
+def section_3(text: str) -> str:
+    return text[text.index("## 3."):text.index("## 4.")]
+
+
+def test_section_3_takes_the_admin_from_the_values_and_makes_a_token_that_lasts(text: str) -> None:
+    s3 = section_3(text)
+    assert "ameide-admin" not in s3 and 'coder reset-password "$ADMIN"' in s3
+    assert '[?(@.name=="CODER_ADMIN_USERNAME")]' in s3
+    assert s3.index("coder login") < s3.index("coder tokens create")
+    assert re.search(r"coder tokens create .*--lifetime \d+h", s3)
+    assert "by **email only**" in s3 and "username *or* email" not in s3
+
+
+def test_the_username_in_section_3_is_read_from_where_the_chart_writes_it(text: str) -> None:
+    """The jsonpath of §3 finds CODER_ADMIN_USERNAME in the rendered bootstrap-admin CronJob."""
+    from tests.chart_helpers import RELEASE, deep_merge, env_of, env_values, rendered
+
+    values = deep_merge(env_values("dev"), {"coder": {"admin": {"username": "someone"}}})
+    cronjob = rendered(values).get("CronJob", f"{RELEASE}-bootstrap-admin")
+    assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert env_of(cronjob)["CODER_ADMIN_USERNAME"]["value"] == "someone"

@@ -21,7 +21,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.chart_helpers import CHART_DIR, RELEASE, deep_merge, load_values, parse, render_raw
+from tests.chart_helpers import CHART_DIR, RELEASE, deep_merge, env_values, load_values, parse, render_raw
 from tests.test_coder_templates import _root
 from tests.test_template_scripts import render_scripts
 from tests.test_template_variables import sent, settings_from_render
@@ -45,12 +45,14 @@ REGISTRIES = ["registry.npmjs.org", "registry.yarnpkg.com", "pypi.org", "files.p
 
 
 def _values(file: str) -> dict[str, Any]:
-    """An environment file with the one flip `enabled: true`; the chart defaults as they are
-    (enabled there, they fail the render on purpose: no Kubernetes API CIDRs)."""
-    import yaml
+    """An environment file with the one flip `enabled: true` (and the digest a release writes);
+    the chart defaults as they are (enabled there, they fail the render on purpose: no Kubernetes
+    API CIDRs)."""
+    if file == "values.yaml":
+        import yaml
 
-    values = yaml.safe_load((CHART_DIR / file).read_text()) or {}
-    return values if file == "values.yaml" else deep_merge(values, {"enabled": True})
+        return yaml.safe_load((CHART_DIR / file).read_text()) or {}
+    return env_values(file.removeprefix("values-").removesuffix(".yaml"), enable=True)
 
 
 @dataclass

@@ -82,7 +82,10 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- printf "%s@%s" $img.repository $img.digest }}
 {{- else }}
 {{- if ne .Values.environment "local" }}
-{{- fail (printf "image.digest is required when environment is %q (only local may use a tag)" .Values.environment) }}
+{{- /* No digest is shipped in the values files: a made-up one would pass this check and fail every
+pull. The release workflow builds, signs and publishes the image and opens the pull request that
+writes its digest here. */}}
+{{- fail (printf "image.digest is required when environment is %q (only local may use a tag). The digest comes from a release: .github/workflows/release.yaml builds and signs ghcr.io/ameideio/coder-jobs and opens a pull request writing image.digest into chart/values-%s.yaml; merge that, or set image.digest to the sha256 of an image you built from images/Dockerfile" .Values.environment .Values.environment) }}
 {{- end }}
 {{- printf "%s:%s" $img.repository (default .Chart.AppVersion $img.tag) }}
 {{- end }}
@@ -92,8 +95,17 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{- default (printf "http://coder.%s.svc.cluster.local" .Release.Namespace) .Values.coder.url }}
 {{- end }}
 
+{{/*
+Where workspaces run: workspaces.namespace when this chart manages that namespace's guardrails,
+else the release namespace (as Coder's own chart does), which exists: a Role for the reaper in a
+namespace nobody created would fail the sync.
+*/}}
 {{- define "coder-jobs.workspaceNamespace" -}}
+{{- if .Values.workspaces.enabled }}
 {{- default .Release.Namespace .Values.workspaces.namespace }}
+{{- else }}
+{{- .Release.Namespace }}
+{{- end }}
 {{- end }}
 
 {{/* Namespace the reaper checks, empty when the reaper does not talk to Kubernetes. */}}
@@ -126,18 +138,27 @@ app.kubernetes.io/component: {{ index . 1 }}
 {{/* ---------------------------------------------------------------- templates */}}
 
 {{/*
-Index of chart/files/coder-templates as JSON:
-  {"templates": {"<name>": [{"rel": "<path inside the template>", "key": "<configmap key>"}]},
-   "shared": [{"rel": "<path from coder-templates>", "key": "..."}],
+Index of the templates to publish, as JSON:
+  {"templates": {"<name>": [{"rel": "<path inside the template>", "key": "<configmap key>",
+                             "path": "<chart file>" | "content": "<text from values>"}]},
+   "shared": [{"rel": "<path from coder-templates>", "key": "...", "path": "..."}],
+   "external": {"<name>": {"configMap": "<user's ConfigMap>", "files": [{"rel": ..., "key": ...}]}},
    "names": ["<published template>", ...]}
-A template is a top-level folder with a .tf file directly inside it (unless templates.names lists
-them). Everything else (top-level files, shared module folders) goes to the "shared" ConfigMap so
-the mounted tree is identical to the chart's. ConfigMap keys cannot contain "/": it becomes "__".
+Three sources, all mounted under /templates/<name>/ so the job sees one folder per template:
+- the Ameide templates of chart/files/coder-templates (templates.ameide.enabled): a template is a
+  top-level folder with a .tf file directly inside it; everything else there (top-level files,
+  shared module folders) goes to the "shared" ConfigMap so the mounted tree is the chart's;
+- templates.files: {<name>: {<path>: <content>}} from values, rendered to ConfigMaps like the above;
+- templates.configMaps: ConfigMaps the user creates, each file listed (a projected volume needs
+  the keys up front).
+ConfigMap keys cannot contain "/": it becomes "__".
 */}}
 {{- define "coder-jobs.templateIndex" -}}
 {{- $prefix := "files/coder-templates/" }}
+{{- $t := .Values.templates }}
 {{- $detected := dict }}
 {{- $all := list }}
+{{- if $t.ameide.enabled }}
 {{- range $path, $_ := .Files.Glob "files/coder-templates/**" }}
 {{- $rel := trimPrefix $prefix $path }}
 {{- $all = append $all $rel }}
@@ -146,14 +167,37 @@ the mounted tree is identical to the chart's. ConfigMap keys cannot contain "/":
 {{- $_ := set $detected (first $parts) true }}
 {{- end }}
 {{- end }}
-{{- $names := .Values.templates.names }}
-{{- if not $names }}{{ $names = keys $detected | sortAlpha }}{{ end }}
+{{- end }}
+{{- $own := dict }}
+{{- range $name, $files := $t.files }}
+{{- if hasKey $detected $name }}{{ fail (printf "templates.files.%s: an Ameide template has that name (turn templates.ameide.enabled off, or rename yours)" $name) }}{{ end }}
+{{- $entries := list }}
+{{- range $rel := keys $files | sortAlpha }}
+{{- if regexMatch "(^|/)\\.\\.?(/|$)" $rel }}{{ fail (printf "templates.files.%s: %q: a path may not contain . or .. segments" $name $rel) }}{{ end }}
+{{- $entries = append $entries (dict "rel" $rel "key" (replace "/" "__" $rel) "content" (toString (get $files $rel))) }}
+{{- end }}
+{{- $_ := set $own $name $entries }}
+{{- end }}
+{{- $external := dict }}
+{{- range $i, $cm := $t.configMaps }}
+{{- if or (hasKey $detected $cm.name) (hasKey $own $cm.name) (hasKey $external $cm.name) }}
+{{- fail (printf "templates.configMaps[%d]: template %q is already given (Ameide templates, templates.files or an earlier entry)" $i $cm.name) }}
+{{- end }}
+{{- $entries := list }}
+{{- range $rel := $cm.files }}
+{{- if regexMatch "(^|/)\\.\\.?(/|$)" $rel }}{{ fail (printf "templates.configMaps[%d].files: %q: a path may not contain . or .. segments" $i $rel) }}{{ end }}
+{{- $entries = append $entries (dict "rel" $rel "key" (replace "/" "__" $rel)) }}
+{{- end }}
+{{- $_ := set $external $cm.name (dict "configMap" $cm.configMap "files" $entries) }}
+{{- end }}
+{{- $names := $t.names }}
+{{- if not $names }}{{ $names = concat (keys $detected) (keys $own) (keys $external) | sortAlpha }}{{ end }}
 {{- $templates := dict }}
 {{- range $names }}
 {{- if not (regexMatch "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$" .) }}
 {{- fail (printf "templates.names: %q is not a valid template/ConfigMap name" .) }}
 {{- end }}
-{{- $_ := set $templates . list }}
+{{- if not (hasKey $external .) }}{{ $_ := set $templates . (get $own . | default list) }}{{ end }}
 {{- end }}
 {{- $shared := list }}
 {{- $seen := dict }}
@@ -169,27 +213,41 @@ the mounted tree is identical to the chart's. ConfigMap keys cannot contain "/":
 {{- if hasKey $seen $seenKey }}{{ fail (printf "coder template files collide on ConfigMap key %q" $seenKey) }}{{ end }}
 {{- $_ := set $seen $seenKey true }}
 {{- $_ := set $templates $top (append (get $templates $top) (dict "rel" $inner "key" $key "path" (printf "%s%s" $prefix .))) }}
-{{- else }}
+{{- else if not (hasKey $detected $top) }}
 {{- $key := replace "/" "__" . }}
 {{- if hasKey $seen $key }}{{ fail (printf "coder template files collide on ConfigMap key %q" $key) }}{{ end }}
 {{- $_ := set $seen $key true }}
 {{- $shared = append $shared (dict "rel" . "key" $key "path" (printf "%s%s" $prefix .)) }}
 {{- end }}
 {{- end }}
+{{- range $name, $entries := $own }}
+{{- $keys := dict }}
+{{- range $entries }}
+{{- if hasKey $keys .key }}{{ fail (printf "templates.files.%s: files collide on ConfigMap key %q" $name .key) }}{{ end }}
+{{- $_ := set $keys .key true }}
+{{- end }}
+{{- end }}
 {{- range $names }}
-{{- if not (get $templates .) }}
-{{- fail (printf "templates.names: %q has no files under chart/files/coder-templates/%s" . .) }}
+{{- if and (not (get $templates .)) (not (hasKey $external .)) }}
+{{- fail (printf "templates.names: %q is none of the templates given (chart/files/coder-templates/%s with templates.ameide.enabled, templates.files, templates.configMaps)" . .) }}
 {{- end }}
 {{- end }}
-{{- toJson (dict "templates" $templates "shared" $shared "names" $names) }}
+{{- if not $names }}
+{{- fail "templates.enabled is true but there is no template to publish: keep templates.ameide.enabled, or give your own in templates.files or templates.configMaps" }}
+{{- end }}
+{{- toJson (dict "templates" $templates "shared" $shared "external" $external "names" $names) }}
 {{- end }}
 
-{{/* sha256 over every template file path and content. */}}
+{{/* sha256 over every template file path and content (a user's ConfigMap: its name and files). */}}
 {{- define "coder-jobs.templatesChecksum" -}}
 {{- $sum := "" }}
+{{- if .Values.templates.ameide.enabled }}
 {{- range $path, $content := .Files.Glob "files/coder-templates/**" }}
 {{- $sum = printf "%s%s\n%s\n" $sum $path (sha256sum (toString $content)) }}
 {{- end }}
+{{- end }}
+{{- with .Values.templates.files }}{{ $sum = printf "%s%s" $sum (toJson .) }}{{ end }}
+{{- with .Values.templates.configMaps }}{{ $sum = printf "%s%s" $sum (toJson .) }}{{ end }}
 {{- sha256sum $sum }}
 {{- end }}
 
@@ -463,6 +521,15 @@ spec:
         sources:
           {{- $idx := fromJson (include "coder-jobs.templateIndex" $root) }}
           {{- range $name := $idx.names }}
+          {{- with get $idx.external $name }}
+          - configMap:
+              name: {{ .configMap }}
+              items:
+                {{- range .files }}
+                - key: {{ .key }}
+                  path: {{ printf "%s/%s" $name .rel }}
+                {{- end }}
+          {{- else }}
           - configMap:
               name: {{ include "coder-jobs.componentName" (list $root (printf "template-%s" $name)) }}
               items:
@@ -470,6 +537,7 @@ spec:
                 - key: {{ .key }}
                   path: {{ printf "%s/%s" $name .rel }}
                 {{- end }}
+          {{- end }}
           {{- end }}
           {{- if $idx.shared }}
           - configMap:
@@ -515,4 +583,30 @@ podFailurePolicy:
           status: "True"
 template:
   {{- include "coder-jobs.podTemplate" (list $root $job $dryRun) | nindent 2 }}
+{{- end }}
+
+{{/* ---------------------------------------------------------------- checks the jobs make too */}}
+
+{{/*
+Why a duration cannot be an idle-after, or nothing: jobs/durations.py parse_duration and
+jobs/reap_rules.py idle_after_problem, step for step (the same float operations in the same order,
+then whole microseconds as Python's timedelta keeps them), so both sides agree at the 5m edge.
+The schema has checked the spelling already.
+*/}}
+{{- define "coder-jobs.idleAfterProblem" -}}
+{{- $text := lower (trim (toString .)) }}
+{{- $seconds := 0.0 }}
+{{- if regexMatch "^[0-9]+(\\.[0-9]+)?$" $text }}
+{{- $seconds = float64 $text }}
+{{- else }}
+{{- $units := dict "ms" 0.001 "s" 1.0 "m" 60.0 "h" 3600.0 "d" 86400.0 "w" 604800.0 }}
+{{- range regexFindAll "[0-9]+(\\.[0-9]+)?(ms|s|m|h|d|w)" $text -1 }}
+{{- $unit := regexFind "(ms|s|m|h|d|w)$" . }}
+{{- $seconds = addf $seconds (mulf (float64 (trimSuffix $unit .)) (get $units $unit)) }}
+{{- end }}
+{{- end }}
+{{- if le $seconds 0.0 }}duration must be positive
+{{- else if gt $seconds 315360000.0 }}duration is longer than ten years
+{{- else if lt (round (mulf $seconds 1000000.0) 0) 300000000.0 }}shorter than 5m (coderd updates last_used_at only about once a minute, so workspaces in use would be stopped)
+{{- end }}
 {{- end }}
