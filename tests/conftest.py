@@ -270,7 +270,7 @@ def node(worker_id):
     n = kube_node.Node().start()
     try:
         n.import_image(pause.archive, kube_node.PAUSE_IMAGE)
-        n.import_image(product.archive, NODE_IMAGE)
+        n.image_digest = n.import_image(product.archive, NODE_IMAGE)
         v = n.report.versions
         _report("node", f"node: kubelet {v['kubelet']}, containerd {v['containerd']}, runc {v['runc']}, "
                         f"CNI plugins {v['cni-plugins']}; Ready {n.report.ready_seconds:.1f} s after start ({worker_id})")

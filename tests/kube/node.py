@@ -178,6 +178,7 @@ class Node(KubeAPIServer):
         self.report = NodeReport()
         self.exposed: dict[int, int] = {}  # host port on 127.0.0.1 -> port on NODE_IP
         self.names: dict[int, str] = {}  # pid -> component, for its log
+        self.image_digest = ""  # of the product image, once imported (tests/conftest.py)
 
     def _check_alive(self) -> None:
         for p in self.procs:
@@ -469,16 +470,22 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
                                "--address", self.containerd_socket, "--namespace", "k8s.io", *args],
                               check=check, capture_output=True, text=True)
 
-    def import_image(self, archive: Path | str, *refs: str) -> None:
-        """Import a docker archive into containerd's k8s.io namespace and tag it as `refs` too (pods
-        use them with imagePullPolicy Never: no registry is reachable)."""
+    def import_image(self, archive: Path | str, *refs: str) -> str:
+        """Import a docker archive into containerd's k8s.io namespace, tag it as `refs` and as
+        `<repository>@<digest>` of each (no registry is reachable: pods use these with
+        imagePullPolicy Never, and a digest reference finds nothing unless it was tagged so).
+        Returns the manifest digest, what a chart value `image.digest` pins."""
         with tarfile.open(archive) as tar:
             manifest = json.load(tar.extractfile("manifest.json"))  # type: ignore[arg-type]
         imported = manifest[0]["RepoTags"][0]  # the name ctr gives the image it imports
         self.ctr("images", "import", str(archive))
-        for ref in refs:
-            if ref != imported:
-                self.ctr("images", "tag", "--force", imported, ref)
+        listed = self.ctr("images", "ls", f"name=={imported}").stdout.splitlines()
+        digest = next(word for word in listed[1].split() if word.startswith("sha256:"))
+        for ref in (imported, *refs):
+            repository = ref.rsplit(":", 1)[0]
+            for name in {ref, f"{repository}@{digest}"} - {imported}:
+                self.ctr("images", "tag", "--force", imported, name)
+        return digest
 
     # ------------------------------------------------------------------ stop
 
