@@ -4,12 +4,18 @@ node's real API server. Started the way RUNBOOK starts them: `kubectl create job
 
 from __future__ import annotations
 
+import time
+from datetime import datetime
+
+import httpx
 import pytest
 
 from tests.conftest import CANARY_CLIENT_SECRET, CANARY_PASSWORD, _report
 from tests.kube.node import NODE_IP
 from tests.kube.server import JOB_USER
 from tests.node_env import (
+    ADMIN,
+    CLIENT_ID,
     apply_release,
     events,
     job_from_template,
@@ -81,6 +87,14 @@ def test_sync_external_auth_uses_the_service_account_the_kubelet_mounts(node, no
     users = _job_users(node_cluster, ns)
     assert users == {f"system:serviceaccount:{ns}:coder-jobs-sync-external-auth"}, users
     assert JOB_USER not in users
+    # A figure, not an assertion: how long the job takes, at the chart's CPU limit, to its first request.
+    started = run.pods[0]["status"]["containerStatuses"][0]["state"]["terminated"]["startedAt"]
+    first = min(e["requestReceivedTimestamp"] for e in node_cluster.server.audit()
+                if e["user"]["username"] == f"system:serviceaccount:{ns}:coder-jobs-sync-external-auth")
+    seconds = (datetime.fromisoformat(first.replace("Z", "+00:00"))
+               - datetime.fromisoformat(started.replace("Z", "+00:00"))).total_seconds()
+    _report("node-first-request", f"node pod sync-external-auth: container started -> first Kubernetes request "
+                                  f"{seconds:.1f} s at the chart's 500m CPU limit (startedAt has 1 s resolution)")
 
 
 def _job_users(cluster, ns: str) -> set[str]:
@@ -148,3 +162,82 @@ def test_the_pods_run_under_the_charts_limits(node, node_cluster, release, tmp_p
     assert pod["status"]["qosClass"] == "Burstable"
     assert pod_exit_code(pod) in (0, 1)  # drift on a fresh coderd is doctor's finding, not a failure
     assert "summary" in events(run.logs[0]) or pod_log(node_cluster, ns, pod["metadata"]["name"])
+
+
+# ---------------------------------------------------------------- a recreated cluster's first sync
+
+
+def test_the_presync_job_waits_for_source_secrets_delivered_after_it_started(node, node_cluster, coderd):
+    """External Secrets delivers the GitHub OAuth Secrets only after the PreSync Job is running."""
+    ip, port = node.expose(int(coderd.url.rsplit(":", 1)[1]))
+    ns = new_namespace(node_cluster)
+    node_cluster.put("deployment", ns, coderd_standin())
+    objects = apply_release(node_cluster, ns, node_values(f"http://{ip}:{port}"))
+    node_cluster.create("job", ns, job_from_template(objects, "coder-jobs-sync-external-auth", "first-sync"))
+    deadline = time.monotonic() + 300
+    while True:  # a hang guard: until the running job says what it waits for
+        pods = node_cluster.objects("pod", ns, label_selector="job-name=first-sync")
+        log = pod_log(node_cluster, ns, pods[0]["metadata"]["name"]) if pods else ""
+        if "waiting for the source Secrets" in log or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert "waiting for the source Secrets" in log, log
+    seed_secrets(node_cluster, ns)
+    run = wait_job(node_cluster, ns, "first-sync")
+    assert (run.condition, run.exit_codes) == ("Complete", [0]), run.logs[-1][-3000:]
+    assert node_cluster.secret_data(ns, "coder-external-auth-github")["CODER_EXTERNAL_AUTH_0_CLIENT_ID"] == CLIENT_ID
+    node_cluster.delete_object("namespace", None, ns)
+
+
+def test_a_malformed_source_secret_still_fails_the_presync_job_at_once(node, node_cluster, release):
+    ns, objects = release
+    node_cluster.put("secret", ns, {"metadata": {"name": "coder-github-oauth-client-secret"}, "stringData": {"value": "\n"}})
+    node_cluster.create("job", ns, job_from_template(objects, "coder-jobs-sync-external-auth", "malformed"))
+    run = wait_job(node_cluster, ns, "malformed")
+    assert (run.condition, run.reason, run.exit_codes) == ("Failed", "PodFailurePolicy", [2])
+    assert "coder-github-oauth-client-secret: key `value` is empty" in run.logs[0]
+
+
+# ---------------------------------------------------------------- CronJobs
+
+
+def test_the_cronjobs_fire_and_forbid_holds_while_a_run_is_still_going(node, node_cluster, coderd):
+    """The reaper fires at the next minute and its Job completes; the reconcile CronJob's first run
+    is kept busy (coderd unreachable, a long readiness wait), and at the next minute the controller
+    skips the run instead of starting a second one (concurrencyPolicy: Forbid)."""
+    ip, port = node.expose(int(coderd.url.rsplit(":", 1)[1]))
+    httpx.post(f"{coderd.url}/api/v2/users/first", json={**ADMIN, "password": CANARY_PASSWORD, "trial": False}).raise_for_status()
+    ns = new_namespace(node_cluster)
+    seed_secrets(node_cluster, ns)
+    every_minute = {"schedule": "* * * * *"}
+    apply_release(node_cluster, ns, node_values(f"http://{ip}:{port}", reap=every_minute,
+                                                 recover={"reconcile": every_minute},
+                                                 coder={"readyTimeoutSeconds": 600}))
+    reconcile = node_cluster.get_object("cronjob", ns, "coder-jobs-reconcile")
+    container = reconcile["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+    container["env"] = [e for e in container["env"] if e["name"] != "CODER_URL"] + [
+        {"name": "CODER_URL", "value": f"http://{NODE_IP}:1"}]  # nothing listens there
+    node_cluster.put("cronjob", ns, reconcile)
+
+    reaper_job = wait_for(lambda: owned_jobs(node_cluster, ns, "coder-jobs-reaper"), "the reaper CronJob to fire")[0]
+    run = wait_job(node_cluster, ns, reaper_job["metadata"]["name"])
+    assert (run.condition, run.exit_codes) == ("Complete", [0]), run.logs[-1][-3000:]
+
+    wait_for(lambda: [e for e in node_cluster.objects("event", ns) if e["reason"] == "JobAlreadyActive"
+                      and e["involvedObject"]["name"] == "coder-jobs-reconcile"], "the controller to skip a run")
+    jobs = owned_jobs(node_cluster, ns, "coder-jobs-reconcile")
+    assert len(jobs) == 1 and jobs[0]["status"].get("active") == 1
+    node_cluster.delete_object("namespace", None, ns)
+
+
+def owned_jobs(cluster, ns: str, cronjob: str) -> list[dict]:
+    return [j for j in cluster.objects("job", ns)
+            if any(o["kind"] == "CronJob" and o["name"] == cronjob for o in j["metadata"].get("ownerReferences", []))]
+
+
+def wait_for(found, what: str, deadline_s: float = 240):
+    deadline = time.monotonic() + deadline_s  # a hang guard: a schedule fires within a minute
+    while not (result := found()):
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(1)
+    return result
