@@ -493,15 +493,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.aufs", "io.containerd.snapshot
         if self.forwarder is not None and self.forwarder.poll() is None:
             self.forwarder.kill()
             self.forwarder.wait()
-        for p in reversed(self.procs):
-            if p.poll() is None:
-                p.terminate()
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        self.procs.clear()
+        self._stop_processes()
         if self.holder is not None:
             self.holder.kill()
             self.holder.wait()

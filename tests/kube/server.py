@@ -238,6 +238,11 @@ class KubeAPIServer:
                 raise RuntimeError(f"{name} exited with {p.returncode}:\n{tail}")
 
     def stop(self) -> None:
+        self._stop_processes()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def _stop_processes(self) -> None:
+        """SIGTERM each process, newest first; SIGKILL what is still there 10 s later."""
         for p in reversed(self.procs):
             if p.poll() is None:
                 p.terminate()
@@ -247,7 +252,6 @@ class KubeAPIServer:
                     p.kill()
                     p.wait()
         self.procs.clear()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
     def admin(self, **kw: Any) -> httpx.Client:
         """An httpx client that talks to the server directly (no proxy, no faults) as cluster-admin."""
