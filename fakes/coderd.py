@@ -1,6 +1,6 @@
 """A fake coderd (Coder CE, `main` at a8c2586) on top of the loopback FakeServer.
 
-Behaviour follows BEHAVIOR.md (read from coderd's source); shapes follow swagger.json.
+Behaviour follows docs/BEHAVIOR.md (read from coderd's source); shapes follow swagger.json.
 Route handlers live in mixins (coderd_users, coderd_templates, coderd_workspaces);
 this module holds the class, its knobs, state, auth and the provisioner ticker.
 """

@@ -60,7 +60,8 @@ _SIGNED_OUT = "You are signed out or your session has expired"
 _DB_OUTAGE = "An internal error occurred"
 _NOT_CONFIGURED = re.compile(r'external auth provider "([^"]+)" is not configured')
 # Two identical uploads at once could both pass coderd's dedup check; the second insert then hit
-# the files table's unique (hash, created_by) index and answered 500 (coder/coder, fixed mid-2025).
+# the files table's unique (hash, created_by) index and answered 500 (coder/coder, fixed mid-2025;
+# BEHAVIOR.md §12.3).
 _UPLOAD_RACE = "files_hash_created_by_key"
 
 
@@ -82,7 +83,7 @@ def is_transient(err: BaseException) -> bool:
 
 
 def refused_for_setup_token(err: CoderAPIError) -> bool:
-    """Newer coderd releases refuse the first user without a valid setup token."""
+    """Newer coderd releases refuse the first user without a valid setup token (BEHAVIOR.md §12.1)."""
     text = _text(err)
     return err.status in (400, 401, 403) and (
         "setup token" in text or "setup_token" in text or "setup_token" in err.field_names())

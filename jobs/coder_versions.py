@@ -3,6 +3,7 @@
 The jobs were verified against a real coderd at v2.21 (BEHAVIOR.md §11) and written against
 Coder's documentation up to v2.39 (README "Supported Coder versions" cites each source). A
 coderd outside that range is still talked to, with a warning: most of the API has not changed.
+What the newer releases change is summarised, with sources, in BEHAVIOR.md §12.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ OLDEST: Release = (2, 21, 0)
 NEWEST: Release = (2, 39, 0)  # the newest minor whose documentation the jobs were checked against
 SUPPORTED_RANGE = "v2.21.x to v2.39.x"
 
-# Templates carry `use_classic_parameter_flow` from the release that made dynamic parameters
+# Templates carry `use_classic_parameter_flow` (BEHAVIOR.md §12.2) from the release that made dynamic parameters
 # generally available (coder/coder PR #18636 and docs/admin/templates/extending-templates/
 # parameters/compatibility-mode.md). An older coderd ignores the field (lenient JSON decoding,
 # BEHAVIOR.md "Conventions"), but would report it missing every run: so it is not sent.
