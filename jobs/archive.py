@@ -17,7 +17,6 @@ import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
-
 SETTINGS_FILE = "coder-template.yaml"  # ours, read by the republisher, never uploaded
 MAX_ARCHIVE_BYTES = 1_048_575  # the CLI's limit; the provisioner's is 4 MiB
 
