@@ -3,6 +3,12 @@ a real kube-apiserver + etcd (built from `tests/kube/` on first use, cached in `
 
     ./dev demo [--logs DIR]
 
+It needs `go` (the first run builds the kube-apiserver) and `openssl` (its certificates), and says
+so before anything else when either is missing. Steps 1-5 talk to the coderd fake only and run
+while the kube-apiserver builds in the background (a cold build takes minutes; a line every 15 s
+says it is still going once they are done); step 6, sync-external-auth, the PreSync hook that
+needs Kubernetes, comes last.
+
 Each step runs the real `coder-jobs` CLI in its own process (as a Kubernetes Job would), with
 JSON logs. Under each command the demo prints, as the console format renders them, the run's
 plan (one line per action) and its warnings; every run's whole log (JSON and console) stays in
@@ -18,7 +24,10 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,25 @@ REPO = Path(__file__).resolve().parent.parent
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
 WIDTH = 156  # console lines are indented by 2; no line of the demo passes 160 characters
 SESSION_PATHS = ("/api/v2/users/login", "/api/v2/users/logout")  # a login proves credentials; not a change
+PROGRESS_EVERY_S = 15.0  # a cold Go build runs for minutes: say it is alive this often
+
+# What the Kubernetes step needs on PATH, and how to get it. Checked first: without them the demo
+# used to fail with a traceback only after the slow parts had run.
+PREREQUISITES = {
+    "go": "Go 1.24 or newer builds the real kube-apiserver and etcd on the first run: https://go.dev/doc/install "
+          "(or the distribution's package where it is 1.24+, e.g. `apt-get install golang-go`)",
+    "openssl": "openssl makes the kube-apiserver's certificates: `apt-get install openssl` (Debian/Ubuntu), "
+               "`dnf install openssl` (Fedora), `brew install openssl` (macOS)",
+}
+
+
+def missing_prerequisites(which: Callable[[str], str | None] = shutil.which) -> str | None:
+    """One message naming every missing tool and how to install it, or None."""
+    missing = [tool for tool in PREREQUISITES if which(tool) is None]
+    if not missing:
+        return None
+    return (f"./dev demo needs {' and '.join(PREREQUISITES)} on PATH; missing: {', '.join(missing)}\n"
+            + "".join(f"  - {tool}: {PREREQUISITES[tool]}\n" for tool in missing))
 
 
 @dataclass
@@ -47,6 +75,7 @@ class Demo:
     def __init__(self, logs: Path) -> None:
         self.logs = logs
         self.runs: list[Run] = []
+        self.problems: list[str] = []  # a step that could not run at all (the Kubernetes build failed)
 
     def banner(self, n: int, title: str, why: str) -> None:
         print(f"{BOLD}== {n}. {title}{RESET} {DIM}- {why}{RESET}", flush=True)
@@ -72,6 +101,7 @@ class Demo:
     def table(self) -> int:
         bad = [r for r in self.runs if r.exit != r.expected]
         verdict = "every exit code as expected" if not bad else f"{len(bad)} UNEXPECTED exit code(s)"
+        verdict += "".join(f"; {problem}" for problem in self.problems)
         print(f"{BOLD}== Summary: {len(self.runs)} runs, {verdict}{RESET} {DIM}(full logs: {self.logs}){RESET}")
         heads = ["step", "job", "exit", "checked", "changed", "deferred", "failed", "API requests", "API writes"]
         rows = [[str(r.step), r.job, f"{r.exit}" + (" (expected)" if r.expected and r.exit == r.expected else ""),
@@ -81,7 +111,7 @@ class Demo:
         left = {0, 1, 2}
         for row in [heads, *rows]:
             print("  ".join(c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        return 1 if bad else 0
+        return 1 if bad or self.problems else 0
 
 
 def _events(*streams: str) -> list[dict[str, Any]]:
@@ -125,11 +155,40 @@ def seed_workspaces(fake: FakeCoderd) -> tuple[float, float]:
     return min(idle), max(idle)
 
 
-def external_auth_step(demo: Demo, workdir: Path) -> None:
-    """Step 0: sync-external-auth against the real Kubernetes API server (create, no-op, rotation)."""
+@dataclass
+class KubeBuild:
+    """The kube-apiserver and etcd build, in a thread while the Coder-only steps run."""
+
+    future: Future[Any]
+    cold: bool  # something is compiled (first run, or a module or Go changed)
+    started: float = field(default_factory=time.monotonic)
+
+    @classmethod
+    def start(cls, executor: ThreadPoolExecutor) -> KubeBuild:
+        from tests.kube import server
+
+        cold = server.needs_build(server.API_SERVER_STEPS)  # asked first: the build writes its stamps
+        return cls(executor.submit(server.build, server.API_SERVER_STEPS), cold)
+
+    def wait(self, say: Callable[[str], None], every_s: float = PROGRESS_EVERY_S,
+             clock: Callable[[], float] = time.monotonic) -> None:
+        """Until the build is done, a line every `every_s` saying it still runs and for how long.
+        Raises what the build raised."""
+        while True:
+            try:
+                self.future.result(timeout=every_s)
+                return
+            except TimeoutError:
+                say(f"{DIM}... still building the real kube-apiserver and etcd: {human_seconds(clock() - self.started)} "
+                    f"so far (a cold build takes 6-10 minutes on 2 cores){RESET}")
+
+
+def external_auth_step(demo: Demo, workdir: Path, step: int) -> None:
+    """sync-external-auth against the real Kubernetes API server (create, no-op, rotation)."""
     import base64
 
     from tests.kube.cluster import JOBS, Cluster, running_cluster
+    from tests.kube.server import API_SERVER_STEPS
 
     def b64(s: str) -> str:
         return base64.b64encode(s.encode()).decode()
@@ -138,7 +197,7 @@ def external_auth_step(demo: Demo, workdir: Path) -> None:
         run.requests, run.writes = len(kube.audit(JOBS)), len(kube.writes())
         kube.clear_log()
 
-    with running_cluster() as kube:
+    with running_cluster(announce=None, only=API_SERVER_STEPS) as kube:
         labels = {"app.kubernetes.io/name": "coder"}
         kube.put("deployment", "coder", {"metadata": {"name": "coder", "labels": labels}, "spec": {
             "replicas": 1, "selector": {"matchLabels": labels},
@@ -149,17 +208,28 @@ def external_auth_step(demo: Demo, workdir: Path) -> None:
         kube.clear_log()
         env = {"KUBECONFIG": kube.kubeconfig(workdir / "kubeconfig", namespace="coder"), "POD_NAMESPACE": "coder",
                "CODER_DEPLOYMENT": "coder"}
-        demo.banner(0, f"PreSync: sync-external-auth (real kube-apiserver {kube.version})",
-                    "create coderd's Secret, re-run (no write), rotate the client secret (update, one rollout)")
-        count(kube, demo.run(0, ["sync-external-auth"], env))
-        count(kube, demo.run(0, ["sync-external-auth"], env))
+        demo.banner(step, f"PreSync: sync-external-auth (real kube-apiserver {kube.version})",
+                    "only it needs Kubernetes, so last: create the Secret, re-run (no write), rotate (one rollout)")
+        count(kube, demo.run(step, ["sync-external-auth"], env))
+        count(kube, demo.run(step, ["sync-external-auth"], env))
         kube.put("secret", "coder", {"metadata": {"name": "coder-github-oauth-client-secret"},
                                      "data": {"value": b64("demo-client-secret-rotated-9d3e\n")}})
         kube.clear_log()
-        count(kube, demo.run(0, ["sync-external-auth"], env))
+        count(kube, demo.run(step, ["sync-external-auth"], env))
 
 
 def main(argv: list[str]) -> int:
+    kubernetes = _has("jobs.sync_external_auth")
+    missing = missing_prerequisites() if kubernetes else None
+    if missing:
+        print(missing, end="", file=sys.stderr)
+        return 2
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="kube-build") as executor:
+        build = KubeBuild.start(executor) if kubernetes else None
+        return _demo(argv, build)
+
+
+def _demo(argv: list[str], build: KubeBuild | None) -> int:
     password = "Demo-Admin-Passw0rd!-7Qx"
     workdir = Path(tempfile.mkdtemp(prefix="coder-jobs-demo-"))
     # `--logs DIR` keeps every run's log there; by default a new temporary folder, named in the table.
@@ -181,9 +251,9 @@ def main(argv: list[str]) -> int:
         }
         print(f"{BOLD}coder-jobs demo{RESET}: the real CLI against a coderd fake at {coderd.url}; under each command "
               "its plan and warnings")
-
-        if _has("jobs.sync_external_auth"):
-            external_auth_step(demo, workdir)
+        if build is not None and build.cold:
+            print(f"{DIM}The real kube-apiserver and etcd are building in the background (first run only, cached in "
+                  f".cache/kube/); steps 1-5 need only coderd and run meanwhile.{RESET}", flush=True)
 
         demo.banner(1, "First sync (PostSync hooks)", "a fresh coderd: no users, no templates")
         count_coderd(coderd, demo.run(1, ["bootstrap-admin"], env))
@@ -208,6 +278,16 @@ def main(argv: list[str]) -> int:
             demo.banner(5, "Reaper pass", f"40 running workspaces, idle {human_seconds(shortest)} to "
                         f"{human_seconds(longest)}; REAP_IDLE_AFTER=2h, REAP_MAX_STOPS=5: the 5 oldest idle are stopped")
             count_coderd(coderd, demo.run(5, ["reap"], {**env, "REAP_IDLE_AFTER": "2h", "REAP_MAX_STOPS": "5"}))
+
+        if build is not None:
+            try:
+                build.wait(lambda line: print(line, flush=True))
+            except Exception as exc:  # noqa: BLE001 - the Coder steps ran; say why this one cannot
+                demo.problems.append("step 6 did not run: the kube-apiserver build failed")
+                print(f"the real kube-apiserver could not be built, so step 6 cannot run: {str(exc)[-2000:]}",
+                      file=sys.stderr)
+            else:
+                external_auth_step(demo, workdir, step=6)
 
     shutil.rmtree(workdir, ignore_errors=True)
     return demo.table()

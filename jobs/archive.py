@@ -17,8 +17,6 @@ import os
 import tarfile
 from pathlib import Path, PurePosixPath
 
-from jobs.errors import ConfigError
-
 SETTINGS_FILE = "coder-template.yaml"  # ours, read by the republisher, never uploaded
 MAX_ARCHIVE_BYTES = 1_048_575  # the CLI's limit; the provisioner's is 4 MiB
 
@@ -106,12 +104,14 @@ def _info(name: str, kind: bytes, mode: int, size: int) -> tarfile.TarInfo:
     return info
 
 
-def archive_folder(root: Path, name: str) -> tuple[bytes, str, dict[str, bytes]]:
-    """(tar bytes, fingerprint, files) or ConfigError when it is not a valid template."""
+def archive_folder(root: Path) -> tuple[bytes, str, dict[str, bytes], list[str]]:
+    """(tar bytes, fingerprint, files, problems): each problem says why it is not a template coderd
+    takes. Returned, not raised, so the caller reports them with the template's other problems."""
     files = collect_files(root)
+    problems = []
     if not any("/" not in p and (p.endswith(".tf") or p.endswith(".tf.json")) for p in files):
-        raise ConfigError(f"template {name}: {root} is not a valid template (no .tf file at its top level)")
+        problems.append(f"{root} is not a valid template (no .tf file at its top level)")
     data = build_tar(files)
     if len(data) > MAX_ARCHIVE_BYTES:
-        raise ConfigError(f"template {name}: archive is {len(data)} bytes, more than coderd accepts ({MAX_ARCHIVE_BYTES})")
-    return data, fingerprint(files), files
+        problems.append(f"archive is {len(data)} bytes, more than coderd accepts ({MAX_ARCHIVE_BYTES})")
+    return data, fingerprint(files), files, problems

@@ -161,6 +161,23 @@ def token_rejected_message(url: str, coderd_said: str) -> str:
             f"Secret, or unset it so the jobs log in with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (see {RUNBOOK_CREDENTIALS})")
 
 
+def yaml_problem(exc: Exception, text: str) -> str:
+    """A YAML file's parse error on one line: where (line, column), what, PyYAML's context and the
+    offending line itself. PyYAML's own str() spans several lines, with a caret drawing."""
+    mark = getattr(exc, "problem_mark", None)
+    if mark is None:
+        # PyYAML's constructors also raise ValueError (2001-13-01), KeyError, RecursionError, ...
+        return " ".join(f"{type(exc).__name__}: {str(exc)[:200]}".split())
+    out = f"at line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', None) or 'cannot parse'}"
+    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    if context:
+        out += f" ({context}" + (f" at line {where.line + 1}" if where is not None else "") + ")"
+    lines = text.splitlines()
+    if 0 <= mark.line < len(lines):
+        out += f"; line {mark.line + 1} is {lines[mark.line][:120]!r}"
+    return out
+
+
 class ConcurrentChange(JobError):
     """Someone else changed what a job read before its write landed (a 409 on a create, a stale
     resourceVersion): the job reads the state again and plans again (jobs.retry)."""

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from jobs.durations import format_duration, parse_duration
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, yaml_problem
 
 # coderd batches last_used_at writes (agent stats every 30 s, flushed every 60 s; BEHAVIOR.md §7):
 # an idle-after below a few minutes would stop workspaces that are in use.
@@ -212,22 +212,6 @@ def parse_rules(data: Any, where: str = "REAP_RULES_FILE") -> tuple[Rule, ...]:
     return tuple(parsed)
 
 
-def _yaml_problem(exc: Exception, text: str) -> str:
-    """Where and what: PyYAML's problem, its context, and the offending line itself."""
-    mark = getattr(exc, "problem_mark", None)
-    if mark is None:
-        # PyYAML's constructors also raise ValueError (2001-13-01), KeyError, RecursionError, ...
-        return f"{type(exc).__name__}: {str(exc)[:200]}"
-    out = f"at line {mark.line + 1}, column {mark.column + 1}: {getattr(exc, 'problem', None) or 'cannot parse'}"
-    context, where = getattr(exc, "context", None), getattr(exc, "context_mark", None)
-    if context:
-        out += f" ({context}" + (f" at line {where.line + 1}" if where is not None else "") + ")"
-    lines = text.splitlines()
-    if 0 <= mark.line < len(lines):
-        out += f"; line {mark.line + 1} is {lines[mark.line][:120]!r}"
-    return out
-
-
 def load_rules(path: Path | str | None) -> tuple[Rule, ...]:
     if path is None:
         return ()
@@ -240,8 +224,8 @@ def load_rules(path: Path | str | None) -> tuple[Rule, ...]:
 
     try:
         data = yaml.safe_load(text)
-    except Exception as exc:  # noqa: BLE001 - see _yaml_problem
-        raise ConfigError(f"REAP_RULES_FILE: {path} is not valid YAML {_yaml_problem(exc, text)}") from None
+    except Exception as exc:  # noqa: BLE001 - see jobs.errors.yaml_problem
+        raise ConfigError(f"REAP_RULES_FILE: {path} is not valid YAML {yaml_problem(exc, text)}") from None
     return parse_rules(data, where=f"REAP_RULES_FILE {path}")
 
 

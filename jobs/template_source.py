@@ -12,7 +12,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from jobs.archive import SETTINGS_FILE, archive_folder
-from jobs.errors import ConfigError
+from jobs.errors import ConfigError, yaml_problem
 from jobs.terraform_files import HCLError, Variable, inspect
 from jobs.validation import username_problem
 
@@ -110,24 +110,62 @@ def _variable_problems(settings: TemplateSettings, declared: tuple[Variable, ...
     return problems
 
 
-def load_settings(folder: Path, name: str) -> TemplateSettings:
+def read_settings(folder: Path) -> tuple[TemplateSettings | None, list[str]]:
+    """The folder's coder-template.yaml (absent: the defaults), or None and every problem in it."""
     path = folder / SETTINGS_FILE
     if not path.exists():
-        return TemplateSettings()
+        return TemplateSettings(), []
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
-    except Exception as exc:  # noqa: BLE001 - besides YAMLError, PyYAML raises ValueError (2001-13-01), KeyError (!!bool maybe), RecursionError
-        raise ConfigError(f"template {name}: {SETTINGS_FILE} is not valid YAML: {exc}") from None
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        return None, [f"{SETTINGS_FILE}: cannot read it: {type(exc).__name__}"]
+    try:
+        raw = yaml.safe_load(text) or {}
+    except Exception as exc:  # noqa: BLE001 - see jobs.errors.yaml_problem
+        return None, [f"{SETTINGS_FILE} is not valid YAML {yaml_problem(exc, text)}"]
     if not isinstance(raw, dict):
-        raise ConfigError(f"template {name}: {SETTINGS_FILE} must be a mapping")
+        return None, [f"{SETTINGS_FILE} must be a mapping"]
     try:
-        return TemplateSettings.model_validate(raw)
+        return TemplateSettings.model_validate(raw), []
     except ValidationError as exc:
-        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors(include_input=False, include_url=False)]
-        raise ConfigError(f"template {name}: invalid {SETTINGS_FILE}", problems) from None
+        return None, [f"{SETTINGS_FILE} {'.'.join(map(str, e['loc']))}: {e['msg']}"
+                      for e in exc.errors(include_input=False, include_url=False)]
+
+
+def load_settings(folder: Path, name: str) -> TemplateSettings:
+    settings, problems = read_settings(folder)
+    if settings is None:
+        raise ConfigError(f"template {name}: invalid {SETTINGS_FILE}", problems)
+    return settings
+
+
+def load_template(root: Path, name: str) -> tuple[LocalTemplate | None, list[str]]:
+    """One template folder, or None and every problem found in it: its name, its archive, its
+    settings file and each of its Terraform files are all read, so one run lists them all."""
+    problem = username_problem(name)
+    if problem:
+        return None, [f"a template name {problem} (the folder's name is the template's name)"]
+    folder = root / name
+    data, fp, files, problems = archive_folder(folder)
+    settings, settings_problems = read_settings(folder)
+    problems += settings_problems
+    try:
+        facts = inspect(files)
+    except HCLError as exc:
+        problems += [f"cannot read its Terraform: {p}" for p in exc.problems]
+        facts = None
+    if settings is not None and facts is not None:
+        problems += [f"{SETTINGS_FILE} does not match the template's variables: {p}"
+                     for p in _variable_problems(settings, facts.variables)]
+    if problems or settings is None or facts is None:
+        return None, problems
+    return LocalTemplate(name, folder, data, fp, settings, tuple(sorted(files)), facts.variables,
+                         facts.external_auth), []
 
 
 def load_templates(root: Path, names: list[str] | None) -> list[LocalTemplate]:
+    """Every template asked for, or one ConfigError naming every problem of every template
+    (before anything is written: the jobs call this first)."""
     available = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     wanted = names if names is not None else available
     missing = [n for n in wanted if n not in available]
@@ -135,21 +173,14 @@ def load_templates(root: Path, names: list[str] | None) -> list[LocalTemplate]:
         raise ConfigError(f"TEMPLATES names templates that are not folders in TEMPLATES_DIR ({root}): {', '.join(missing)}")
     if not wanted:
         raise ConfigError(f"TEMPLATES_DIR ({root}) has no template folders")
-    out = []
+    out, problems, invalid = [], [], 0
     for name in wanted:
-        problem = username_problem(name)
-        if problem:
-            raise ConfigError(f"template folder {name!r}: a template name {problem}")
-        folder = root / name
-        data, fp, files = archive_folder(folder, name)
-        settings = load_settings(folder, name)
-        try:
-            facts = inspect(files)
-        except HCLError as exc:
-            raise ConfigError(f"template {name}: cannot read its Terraform: {exc}") from None
-        problems = _variable_problems(settings, facts.variables)
-        if problems:
-            raise ConfigError(f"template {name}: {SETTINGS_FILE} does not match the template's variables", problems)
-        out.append(LocalTemplate(name, folder, data, fp, settings, tuple(sorted(files)), facts.variables,
-                                 facts.external_auth))
+        local, found = load_template(root, name)
+        problems += [f"template {name}: {p}" for p in found]
+        invalid += bool(found)
+        if local is not None:
+            out.append(local)
+    if problems:
+        raise ConfigError(f"{invalid} of {len(wanted)} templates in TEMPLATES_DIR ({root}) cannot be published "
+                          "(nothing was written)", problems)
     return out

@@ -26,7 +26,12 @@ _MISSING = object()
 
 
 class HCLError(ValueError):
-    pass
+    """What cannot be read, each problem naming its file and line; `problems` holds every one
+    found (one per file at most for syntax, since a parser cannot go on after one)."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or [message]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -181,15 +186,18 @@ class _Parser:
         while self.peek().kind == "newline":
             self.pos += 1
 
-    def body(self, closing: str | None) -> list[tuple[str, Any]]:
-        """Items of a body: ("attr", (name, value)) and ("block", (type, labels, items))."""
+    def body(self, closing: str | None, opened: _Tok | None = None, header: str = "") -> list[tuple[str, Any]]:
+        """Items of a body: ("attr", (name, value)) and ("block", (type, labels, items)).
+        `opened`: the `{` of the block this body belongs to, `header` its type and labels."""
         items: list[tuple[str, Any]] = []
         while True:
             self.skip_newlines()
             tok = self.peek()
             if tok.kind == "eof":
-                if closing:
-                    raise self.fail("unclosed block")
+                if closing and opened is not None:
+                    # Where the block starts, not the end of the file: that is where the missing `}` belongs.
+                    raise HCLError(f"{self.where}:{opened.line}: unclosed block {header}: "
+                                   f"the {{ opened on line {opened.line} is never closed")
                 return items
             if tok.kind == "punct" and tok.value == closing:
                 self.pos += 1
@@ -206,8 +214,9 @@ class _Parser:
                 labels.append(self.next().value)
             if not (self.peek().kind == "punct" and self.peek().value == "{"):
                 raise self.fail(f"expected {{ after {name}")
-            self.pos += 1
-            items.append(("block", (name, labels, self.body("}"))))
+            brace = self.next()
+            header = " ".join([name, *(f'"{label}"' for label in labels)])
+            items.append(("block", (name, labels, self.body("}", brace, header))))
 
     def expression(self) -> Any:
         """A literal value, or _NOT_LITERAL for anything else (skipped up to its end)."""
@@ -300,18 +309,20 @@ def parse_hcl(text: str, where: str) -> list[tuple[str, Any]]:
     return _Parser(text, where).body(None)
 
 
-def _hcl_variables(items: list[tuple[str, Any]], where: str) -> list[Variable]:
-    out = []
+def _hcl_variables(items: list[tuple[str, Any]], where: str) -> tuple[list[Variable], list[str]]:
+    """The declared variables, and a problem for every one whose default is not a literal."""
+    out, problems = [], []
     for kind, item in items:
         if kind != "block" or item[0] != "variable" or len(item[1]) != 1:
             continue
         attrs = {i[0]: i[1] for k, i in item[2] if k == "attr"}
         default = attrs.get("default", _MISSING)
         if default is _NOT_LITERAL:
-            raise HCLError(f"{where}: variable {item[1][0]!r}: the default is not a literal value")
+            problems.append(f"{where}: variable {item[1][0]!r}: the default is not a literal value")
+            continue
         out.append(Variable(item[1][0], None if default is _MISSING else go_json(default),
                             attrs.get("sensitive") is True))
-    return out
+    return out, problems
 
 
 def _hcl_external_auth(items: list[tuple[str, Any]]) -> list[str | None]:
@@ -331,23 +342,32 @@ class TerraformFacts:
 
 
 def inspect(files: dict[str, bytes]) -> TerraformFacts:
-    """Read the template's files (relative path -> content). Raises HCLError naming the file."""
+    """Read the template's files (relative path -> content). Raises one HCLError holding the
+    problems of every file, so a template with several mistakes is fixed in one round."""
     variables: list[Variable] = []
     auth: list[str] = []
     unknown = 0
+    problems: list[str] = []
     for path in sorted(files):
         top_level = "/" not in path
-        if path.endswith(".tf"):
-            items = parse_hcl(files[path].decode("utf-8", errors="replace"), path)
-            found_vars = _hcl_variables(items, path) if top_level else []
-            found_auth = _hcl_external_auth(items)
-        elif path.endswith(".tf.json"):
-            found_vars, found_auth = _json_facts(files[path], path, top_level)
-        else:
+        try:
+            if path.endswith(".tf"):
+                items = parse_hcl(files[path].decode("utf-8", errors="replace"), path)
+                found_vars, not_literal = _hcl_variables(items, path) if top_level else ([], [])
+                problems += not_literal
+                found_auth = _hcl_external_auth(items)
+            elif path.endswith(".tf.json"):
+                found_vars, found_auth = _json_facts(files[path], path, top_level)
+            else:
+                continue
+        except HCLError as exc:
+            problems += exc.problems
             continue
         variables += found_vars
         unknown += sum(1 for a in found_auth if a is None)
         auth += [a for a in found_auth if a is not None and a not in auth]
+    if problems:
+        raise HCLError("; ".join(problems), problems)
     return TerraformFacts(tuple(variables), tuple(auth), unknown)
 
 

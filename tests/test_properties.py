@@ -269,7 +269,10 @@ def live_fakes(tmp_path_factory, kube_cluster):
        dry_run=st.booleans())
 def test_the_cli_with_random_environment_exits_with_a_documented_code_and_never_prints_a_traceback(live_fakes, job, env, dry_run):
     coderd, kubeconfig = live_fakes
+    # Every wait is short: sync-external-auth without source Secrets waits EXTERNAL_AUTH_SOURCE_TIMEOUT
+    # (default 300 s) for External Secrets to deliver them, longer than the run is given here.
     full = {"CODER_URL": coderd.url, "CODER_READY_TIMEOUT": "2", "CODER_REQUEST_TIMEOUT": "5",
+            "EXTERNAL_AUTH_SOURCE_TIMEOUT": "2",
             "TEMPLATES_DIR": str(TEMPLATES_DIR), "TEMPLATE_BUILD_TIMEOUT": "10", "KUBECONFIG": kubeconfig,
             "CODER_ADMIN_USERNAME": "platform-admin", "CODER_ADMIN_EMAIL": "platform-admin@ameide.io",
             "CODER_ADMIN_PASSWORD": "Prop-Test-Pw-9q!", **env}

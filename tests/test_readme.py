@@ -28,3 +28,24 @@ def test_the_readme_rules_example_is_a_valid_rules_file(tmp_path):
     example = re.search(r"```yaml\n(rules:.*?)```", README, re.S).group(1)
     (tmp_path / "rules.yaml").write_text(example)
     assert [r.name for r in load_rules(tmp_path / "rules.yaml")] == ["rule:gitops", "rule:service-accounts"]
+
+
+def test_the_source_secret_key_rule_is_documented_in_both_readmes_as_the_job_applies_it():
+    import pytest
+
+    from jobs.errors import ConfigError
+    from jobs.sync_external_auth import SOURCE_KEY, source_value
+
+    chart_readme = (REPO / "chart" / "README.md").read_text()
+    for text in (" ".join(README.split()), " ".join(chart_readme.split())):  # as read, line breaks aside
+        assert f"under the key `{SOURCE_KEY}`" in text and "when it is the Secret's only key" in text
+        assert "one trailing newline" in text.lower()
+    # What the sentences say, applied by the job:
+    assert source_value("s", {SOURCE_KEY: b"Iv1.abc\n", "other": b"x"}) == "Iv1.abc"  # `value` wins
+    assert source_value("s", {"client-id": b"Iv1.abc\r\n"}) == "Iv1.abc"  # the only key, one newline trimmed
+    for data in ({"a": b"x", "b": b"y"}, {SOURCE_KEY: b"x\n\n"}, {SOURCE_KEY: b" x"}, {SOURCE_KEY: b"\n"}):
+        with pytest.raises(ConfigError):
+            source_value("s", data)
+    # The README's example command makes a Secret the job reads.
+    literal = re.search(r"create secret generic \S+ --from-literal=value=(\S+)`", README).group(1)
+    assert source_value("s", {SOURCE_KEY: literal.encode()}) == literal

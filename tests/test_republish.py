@@ -132,6 +132,20 @@ def test_a_tf_syntax_error_is_exit_2_naming_the_file_before_any_request(coderd, 
     assert coderd.log == []
 
 
+def test_every_broken_template_is_named_in_one_exit_2_before_any_request(coderd, env, templates):
+    (templates / "ameide-gitops" / "main.tf").write_text('resource "x" "y" {\n  a = 1\n')
+    (templates / "ameide-dev" / "coder-template.yaml").write_text("display_name: [unclosed\n")
+
+    result = run_job("republish-templates", env=env)
+
+    assert result.rc == 2
+    [message] = [e["event"] for e in result.errors()]
+    assert "2 of 2 templates" in message and "nothing was written" in message
+    assert "template ameide-dev: coder-template.yaml is not valid YAML at line 2, column 1" in message
+    assert 'template ameide-gitops: cannot read its Terraform: main.tf:1: unclosed block resource "x" "y"' in message
+    assert coderd.log == []
+
+
 # -- external auth: coderd fails the import of a template naming a provider it lacks ------------
 @pytest.mark.external_auth()  # a coderd started without CODER_EXTERNAL_AUTH_0_* (sync-external-auth never ran)
 def test_without_the_github_provider_nothing_is_uploaded_and_the_message_says_what_to_do(coderd, env):

@@ -204,6 +204,33 @@ def test_invalid_settings_file_is_a_config_error_naming_the_field(tmp_path, sett
         load_templates(tmp_path, None)
 
 
+def test_a_yaml_error_in_the_settings_file_is_one_line_naming_file_line_column_and_problem(tmp_path):
+    make_template(tmp_path, settings="display_name: Demo\ndescription: [unclosed\n")
+    with pytest.raises(ConfigError) as err:
+        load_templates(tmp_path, None)
+    message = str(err.value)
+    assert "\n" not in message and "^" not in message  # not PyYAML's multi-line drawing
+    assert "template demo: coder-template.yaml is not valid YAML at line 3, column 1:" in message
+    assert "(while parsing a flow sequence at line 2)" in message
+
+
+def test_every_problem_of_every_template_is_reported_at_once(tmp_path):
+    make_template(tmp_path, "broken-tf", files={
+        "main.tf": "".join("\n" for _ in range(51)) + 'resource "x" "y" {\n  a = 1\n',  # opened on line 52
+        "extra.tf": 'variable "v" {\n  default = local.x\n}\n'})
+    make_template(tmp_path, "broken-settings", settings="default_ttl_ms: -1\nnope: 1\n")
+    make_template(tmp_path, "fine")
+    make_template(tmp_path, "no_underscores")
+    with pytest.raises(ConfigError) as err:
+        load_templates(tmp_path, None)
+    assert str(err.value).startswith("3 of 4 templates")  # raised before anything could be written
+    problems = err.value.problems
+    assert [p.split(":")[0] for p in problems] == ["template broken-settings"] * 2 + ["template broken-tf"] * 2 + [
+        "template no_underscores"]
+    assert "default_ttl_ms" in problems[0] and "nope" in problems[1]
+    assert "extra.tf" in problems[2] and 'main.tf:52: unclosed block resource "x" "y"' in problems[3]
+
+
 def test_a_folder_without_top_level_tf_is_not_a_template(tmp_path):
     make_template(tmp_path, files={"modules/x.tf": "x"})
     with pytest.raises(ConfigError, match="not a valid template"):

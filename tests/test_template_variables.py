@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from jobs.template_source import TemplateSettings, load_settings
-from tests.chart_helpers import RELEASE, TEMPLATES_DIR, deep_merge, env_values, render
+from tests.chart_helpers import CHART_DIR, RELEASE, TEMPLATES_DIR, deep_merge, env_values, render
 
 TEMPLATES = ("ameide-dev", "ameide-gitops")
 SETTINGS = "coder-template.yaml"
@@ -69,12 +69,33 @@ def test_the_sent_variables_are_the_template_variables_that_set_ameide_environme
     assert set(settings["variables"]) <= set(_root(template).variables)
 
 
+def chart_default_codex() -> bool:
+    return yaml.safe_load((CHART_DIR / "values.yaml").read_text())["workspaces"]["codex"]["enabled"]
+
+
 @pytest.mark.parametrize("template", TEMPLATES)
-def test_dev_renders_the_file_byte_for_byte(template):
-    """The committed file holds the dev values, so a dev render changes nothing."""
-    objects = render(env_values("dev", enable=True))
-    (cm,) = [o for o in objects if o["metadata"]["name"] == f"{RELEASE}-template-{template}"]
+def test_dev_with_the_chart_s_default_codex_renders_the_file_byte_for_byte(template):
+    """The committed file holds the dev environment with the chart's defaults, so such a render
+    changes nothing; the dev values' own switches (Codex) are the only difference."""
+    values = deep_merge(env_values("dev", enable=True), {"workspaces": {"codex": {"enabled": chart_default_codex()}}})
+    (cm,) = [o for o in render(values) if o["metadata"]["name"] == f"{RELEASE}-template-{template}"]
     assert cm["data"][SETTINGS] == (TEMPLATES_DIR / template / SETTINGS).read_text()
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_codex_is_off_in_the_chart_default_variables_tf_and_the_raw_folder_alike_and_dev_turns_it_on_by_values(
+        template, tmp_path):
+    from jobs.archive import collect_files
+    from jobs.terraform_files import inspect
+
+    declared = {v.name: v.default for v in inspect(collect_files(TEMPLATES_DIR / template)).variables}
+    committed = load_settings(TEMPLATES_DIR / template, template)
+    assert chart_default_codex() is False
+    assert declared["codex_enabled"] == "false" == sent(committed)["codex_enabled"]
+    # Every chart-owned value the raw folder sends is the template's own default: pushed as is, the
+    # folder publishes what variables.tf says.
+    assert {k: declared[k] for k in sent(committed)} == sent(committed)
+    assert sent(settings_from_render(render(env_values("dev", enable=True)), template, tmp_path))["codex_enabled"] == "true"
 
 
 def test_only_the_variables_block_changes(tmp_path):

@@ -96,6 +96,27 @@ def test_what_it_cannot_read_is_an_error_naming_file_and_line(text, problem):
     assert str(err.value).startswith("main.tf:")
 
 
+def test_an_unclosed_block_is_reported_on_the_line_it_was_opened_not_at_the_end_of_the_file():
+    text = "".join(f"# line {n}\n" for n in range(1, 52)) + 'resource "x" "y" {\n  a = 1\n\n'  # opened on line 52
+    with pytest.raises(HCLError) as err:
+        facts({"main.tf": text})
+    assert str(err.value).startswith('main.tf:52: unclosed block resource "x" "y"'), str(err.value)
+
+
+def test_every_file_s_problem_is_reported_together_not_only_the_first():
+    with pytest.raises(HCLError) as err:
+        facts({
+            "main.tf": 'variable "a" {\n  default = local.x\n}\nvariable "b" {\n  default = var.a\n}\n',
+            "other.tf": 'data "x" "y" {\n',
+            "modules/m/main.tf": 'x = "unterminated\n',
+            "vars.tf.json": "{",
+        })
+    assert [p.split(":")[0] for p in err.value.problems] == ["main.tf", "main.tf", "modules/m/main.tf", "other.tf",
+                                                            "vars.tf.json"]
+    assert "'a'" in err.value.problems[0] and "'b'" in err.value.problems[1]
+    assert err.value.problems[3].startswith("other.tf:1: unclosed block")
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(alphabet=st.sampled_from(list('variable data "{}[]()=,#/*<-EOT\n x1.$%\\:uUf0')), max_size=80))
 def test_any_text_is_read_or_refused_with_an_hclerror_never_a_crash(text):

@@ -332,12 +332,14 @@ ADMIN = ADMIN_USER  # the user seeding and reading goes through
 
 
 @contextmanager
-def running_cluster(announce: Callable[[str], None] | None = lambda line: print(line, flush=True)) -> Iterator[Cluster]:
-    """For scripts (the demo, benchmarks): build if needed (saying so first), start the real
-    server and a fault proxy, yield a reset Cluster, and stop everything afterwards."""
-    if kube_server.needs_build() and announce:
+def running_cluster(announce: Callable[[str], None] | None = lambda line: print(line, flush=True),
+                    only: tuple[str, ...] | None = None) -> Iterator[Cluster]:
+    """For scripts (the demo, benchmarks): build if needed (saying so first; `only`: just these
+    build steps), start the real server and a fault proxy, yield a reset Cluster, and stop
+    everything afterwards."""
+    if kube_server.needs_build(only) and announce:
         announce("building the real kube-apiserver (first run only, a few minutes)")
-    kube_server.build()
+    kube_server.build(only)
     srv = KubeAPIServer().start()
     try:
         cluster = Cluster(srv)

@@ -82,11 +82,20 @@ def _fingerprint(module: str | None, ldflags: str, packages: list[str]) -> str:
     return h.hexdigest()
 
 
-def needs_build() -> bool:
+# What an API server alone needs (the demo): the node's binaries and helm take most of a cold
+# build, and a script that only talks to the API server need not wait for them.
+API_SERVER_STEPS = ("k8s", "etcd")
+
+
+def _steps(only: tuple[str, ...] | None) -> dict[str, tuple[str | None, list[str], list[str], str]]:
+    return {step: spec for step, spec in MODULES.items() if only is None or step in only}
+
+
+def needs_build(only: tuple[str, ...] | None = None) -> bool:
     """True when `build()` would compile something (a cold cache, or a module or Go changed)."""
     if shutil.which("go") is None:
         return True  # build() says why it cannot
-    for step, (module, packages, binaries, ldflags) in MODULES.items():
+    for step, (module, packages, binaries, ldflags) in _steps(only).items():
         stamp = CACHE / f"{step}.stamp"
         if not (stamp.exists() and stamp.read_text() == _fingerprint(module, ldflags, packages)
                 and all((BIN / b).exists() for b in binaries)):
@@ -94,8 +103,9 @@ def needs_build() -> bool:
     return False
 
 
-def build() -> BuildReport:
-    """Build (or reuse) the Kubernetes binaries and etcd. Safe to call from several processes."""
+def build(only: tuple[str, ...] | None = None) -> BuildReport:
+    """Build (or reuse) the Kubernetes binaries and etcd (`only`: just these MODULES steps). Safe to
+    call from several processes."""
     if shutil.which("go") is None:
         raise RuntimeError("the real Kubernetes API server is built with Go, and `go` is not on PATH")
     BIN.mkdir(parents=True, exist_ok=True)
@@ -103,7 +113,7 @@ def build() -> BuildReport:
     started = time.monotonic()
     with open(CACHE / ".lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)  # one builder at a time (pytest-xdist workers, parallel runs)
-        for step, (module, packages, binaries, ldflags) in MODULES.items():
+        for step, (module, packages, binaries, ldflags) in _steps(only).items():
             stamp = CACHE / f"{step}.stamp"
             fp = _fingerprint(module, ldflags, packages)
             if stamp.exists() and stamp.read_text() == fp and all((BIN / b).exists() for b in binaries):
