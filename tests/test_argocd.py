@@ -29,7 +29,6 @@ from tests.chart_helpers import (
     render_raw,
     rendered,
 )
-from tests.kube.cluster import RESTRICTED
 from tests.kube.server import BIN
 from tests.test_chart_install import FIELD_MANAGER, admin_kubeconfig, crds, kubectl, prepare_namespaces, warnings
 
@@ -205,8 +204,8 @@ def test_every_documented_helm_install_waits_longer_than_the_longest_hook_deadli
     longest = max(d for values in [chart_defaults] + [env_values(e, enable=True) for e in ENVIRONMENTS]
                   for d in hook_deadlines(values).values())
     assert longest == 1800  # republish-templates: 300 + 2 x 600 + 300, as the README computes it
-    commands = [line for doc in (CHART_README, (ROOT / "README.md").read_text())
-                for line in doc.splitlines() if re.match(r"\s*helm (upgrade|install)\b", line)]
+    commands = [c for doc in (CHART_README, (ROOT / "README.md").read_text())
+                for c in re.findall(r"helm (?:upgrade|install) [^`\n]*", doc)]
     assert commands
     for command in commands:
         timeout = re.search(r"--timeout[ =](\S+)", command)
