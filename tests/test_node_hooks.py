@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import threading
 import time
 from datetime import datetime
 from pathlib import Path
@@ -205,3 +206,49 @@ def test_runbook_section_1_heals_a_database_reset_as_written(node_cluster, fake,
     # Step 3: doctor, as section 0 starts it, must exit 0.
     check = run_and_follow(site, runbook_block("## 0. Orientation", "Read-only health report"))
     assert check.returncode == 0, check.stderr[-3000:]
+
+
+def test_runbook_section_4_rotates_the_client_secret_as_written(node_cluster, site):
+    """Section 4's block, pasted after section 0's follow(), on the installed release: the real Job
+    runs from the image and coderd really rolls. External Secrets cannot run here, so a thread does
+    its part only: on the forced refresh, write the vault's new value into the source Secret, then
+    record the sync in the ExternalSecret's status (Secret first, status after, as ESO does)."""
+    api = f"/apis/external-secrets.io/v1/namespaces/{NS}/externalsecrets"
+    source = "coder-github-oauth-client-secret"
+    es = node_cluster.http.post(api, json={
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "metadata": {"name": "platform-github-oauth"},
+        "spec": {"secretStoreRef": {"name": "vault", "kind": "ClusterSecretStore"}, "target": {"name": source},
+                 "data": [{"secretKey": "value", "remoteRef": {"key": source}}]}})
+    assert es.status_code == 201, es.text
+    obj = es.json()
+    obj["status"] = {"syncedResourceVersion": "1-old", "conditions": [
+        {"type": "Ready", "status": "True", "reason": "SecretSynced", "lastTransitionTime": "2026-12-01T00:00:00Z"}]}
+    node_cluster.http.put(f"{api}/platform-github-oauth/status", json=obj).raise_for_status()
+    rotated = CANARY_CLIENT_SECRET + "-rotated"
+    replicas = {rs["metadata"]["name"] for rs in replica_sets(node_cluster)}
+
+    stop = threading.Event()
+
+    def external_secrets() -> None:
+        while not stop.wait(0.5):
+            current = node_cluster.http.get(f"{api}/platform-github-oauth").json()
+            if "force-sync" in current["metadata"].get("annotations", {}) and current["status"]["syncedResourceVersion"] == "1-old":
+                node_cluster.put("secret", NS, {"metadata": {"name": source}, "stringData": {"value": rotated}})
+                current["status"]["syncedResourceVersion"] = "2-new"
+                node_cluster.http.put(f"{api}/platform-github-oauth/status", json=current).raise_for_status()
+                return
+
+    thread = threading.Thread(target=external_secrets, daemon=True)
+    thread.start()
+    try:
+        follow = runbook_block("## 0. Orientation", "Follow a job you started").replace("follow <name>\n", "")
+        section_4 = [b for b in re.findall(r"```sh\n(.*?)```", RUNBOOK.read_text().split("## 4.")[1].split("\n## 5.")[0], re.S)
+                     if "force-sync" in b]
+        r = runbook(site, follow + section_4[0])
+    finally:
+        stop.set()
+        thread.join()
+    assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
+    assert node_cluster.secret_data(NS, "coder-external-auth-github")["CODER_EXTERNAL_AUTH_0_CLIENT_SECRET"] == rotated
+    assert len([rs for rs in replica_sets(node_cluster) if rs["metadata"]["name"] not in replicas]) == 1
+    assert "successfully rolled out" in r.stdout and rotated not in r.stdout + r.stderr
