@@ -250,9 +250,10 @@ def _report(name: str, line: str) -> None:
 
 @pytest.fixture(scope="session")
 def node(worker_id):
-    """One real node per machine (every node test is in the `node` xdist group, so one worker has
-    it): control plane, kubelet, containerd and kube-proxy in their own network namespace, with
-    the product image built from images/Dockerfile imported. Where the machine cannot run a node
+    """One real node per machine (`./dev test` runs the node tests in one process of their own, and
+    a machine-wide lock makes any other process wait for this node to go): control plane, kubelet,
+    containerd and kube-proxy in their own network namespace, with the product image built from
+    images/Dockerfile imported. Where the machine cannot run a node
     the tests skip with the reason, except in CI, where that is a failure."""
     from tests.kube import image
     from tests.kube import node as kube_node

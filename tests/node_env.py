@@ -17,8 +17,9 @@ from tests.kube.cluster import RESTRICTED, Cluster
 from tests.kube.server import BIN
 
 Obj = dict[str, Any]
-# A hang guard, not a timing assertion: a Job that has not finished by then will not.
-JOB_DEADLINE_S = 420
+# A hang guard, not a timing assertion: a Job that has not finished by then will not. Below
+# pytest's 300 s per test, so a hung Job is reported by name with its status.
+JOB_DEADLINE_S = 240
 ADMIN = {"username": "admin", "email": "admin@example.com"}
 CLIENT_ID = "Iv1.node-test-client"
 
