@@ -44,9 +44,7 @@ def crds(kube_cluster, admin_kubeconfig):
     r = kubectl(admin_kubeconfig, "apply", "--server-side", f"--field-manager={FIELD_MANAGER}",
                 *[f"--filename={f}" for f in files])
     assert r.returncode == 0, r.stderr
-    r = kubectl(admin_kubeconfig, "wait", "--for=condition=Established", "--timeout=60s",
-                *[f"crd/{yaml.safe_load(f.read_text())['metadata']['name']}" for f in files])
-    assert r.returncode == 0, r.stderr
+    kube_cluster.wait_established(files)
 
 
 def manifest(env: str) -> tuple[str, list[dict]]:

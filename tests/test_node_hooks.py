@@ -45,7 +45,7 @@ def site(node, node_cluster, fake, tmp_path_factory):
     kubeconfig = node_cluster.kubeconfig(tmp / "kubeconfig", namespace=NS, direct=True)
     crds = sorted(SHARED_CRDS.glob("*.yaml"))
     run([str(BIN / "kubectl"), "apply", "--server-side", *[f"--filename={f}" for f in crds]], kubeconfig)
-    wait_established(node_cluster, [yaml.safe_load(f.read_text())["metadata"]["name"] for f in crds])
+    node_cluster.wait_established(crds)
     node_cluster.ensure_namespace(NS, RESTRICTED)
     seed_secrets(node_cluster, NS)
     node_cluster.put("deployment", NS, coderd_standin())
@@ -56,19 +56,6 @@ def site(node, node_cluster, fake, tmp_path_factory):
     values = tmp / "node-values.yaml"
     values.write_text(yaml.safe_dump(overrides))
     return {"kubeconfig": kubeconfig, "values": values, "tmp": tmp}
-
-
-def wait_established(cluster, names: list[str], deadline_s: float = 120) -> None:
-    """Until each CRD is Established. (`kubectl wait --for=condition=Established` fails at once on a
-    CRD whose status has no conditions yet, instead of waiting.)"""
-    deadline = time.monotonic() + deadline_s  # a hang guard
-    for name in names:
-        while True:
-            crd = cluster.http.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json()
-            if any(c["type"] == "Established" and c["status"] == "True" for c in crd.get("status", {}).get("conditions") or []):
-                break
-            assert time.monotonic() < deadline, f"CRD {name} not Established after {deadline_s} s"
-            time.sleep(0.2)
 
 
 def run(cmd: list[str], kubeconfig: str, timeout: float = 1800) -> subprocess.CompletedProcess:

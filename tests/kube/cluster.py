@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import re
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -226,6 +227,20 @@ class Cluster:
         return out
 
     # ------------------------------------------------------------------ identities
+
+    def wait_established(self, crd_files: list[Path], deadline_s: float = 120) -> None:
+        """Until the CRD of each file is Established. (`kubectl wait --for=condition=Established`
+        fails at once on a CRD whose status has no conditions yet, instead of waiting.)"""
+        deadline = time.monotonic() + deadline_s  # a hang guard
+        for f in crd_files:
+            name = yaml.safe_load(f.read_text())["metadata"]["name"]
+            while True:
+                crd = self.http.get(f"/apis/apiextensions.k8s.io/v1/customresourcedefinitions/{name}").json()
+                conditions = (crd.get("status") or {}).get("conditions") or []
+                if any(c["type"] == "Established" and c["status"] == "True" for c in conditions):
+                    break
+                assert time.monotonic() < deadline, f"CRD {name} not Established after {deadline_s} s"
+                time.sleep(0.2)
 
     def token_for(self, namespace: str, service_account: str, seconds: int = 3600) -> str:
         """A bound token of that ServiceAccount (the TokenRequest API, as the kubelet gets one)."""
