@@ -13,40 +13,35 @@ import signal
 import sys
 import typing
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from jobs import __version__
 from jobs import settings as settings_mod
+from jobs.settings import JobSettings
 from jobs.context import RunContext
 from jobs.errors import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, ConfigError, JobError, Terminated
 from jobs.log import configure, flush, get_logger, register_public_keys, register_secrets
 
-# name -> (module, settings class, help, extra boolean flags)
-JOBS: dict[str, tuple[str, str, str, dict[str, str]]] = {
-    "sync-external-auth": (
-        "jobs.sync_external_auth",
-        "ExternalAuthSettings",
-        "Materialize coderd's GitHub external-auth Secret from the two source Secrets",
-        {"adopt": "take over a target Secret that coder-jobs did not create"},
-    ),
-    "bootstrap-admin": ("jobs.bootstrap_admin", "BootstrapSettings", "Create Coder's first (admin) user", {}),
-    "republish-templates": (
-        "jobs.republish",
-        "TemplatesSettings",
-        "Publish the Coder templates when their content or settings changed",
-        {},
-    ),
-    "recover": ("jobs.recover", "RecoverSettings", "Heal a database reset: bootstrap-admin, then republish-templates", {}),
-    "doctor": ("jobs.doctor", "DoctorSettings",
-               "Read-only drift report; exit 0 healthy, 1 drift, 3 could not check (coderd unreachable or failing)", {}),
-    "reap": (
-        "jobs.reap",
-        "ReapSettings",
-        "Stop idle workspaces, check per-user quotas, find orphaned workspace pods",
-        {"delete-orphans": "delete orphaned workspace objects in REAP_WORKSPACE_NAMESPACE: pods, Deployments and "
-                           "coder-<id>-credentials Secrets of workspaces coderd does not know or has stopped "
-                           "(default: report only)"},
-    ),
+class Job(NamedTuple):
+    module: str  # imported only when the job runs
+    settings: type[JobSettings]  # its fields are the variables the job reads (and its flags)
+    help: str
+
+
+# The one table of jobs: the CLI's subcommands, and through the settings classes `--help`, the
+# chart's env (chart/files/job-env.json) and README's settings table (tests/test_job_env.py).
+JOBS: dict[str, Job] = {
+    "sync-external-auth": Job("jobs.sync_external_auth", settings_mod.ExternalAuthSettings,
+                              "Materialize coderd's GitHub external-auth Secret from the two source Secrets"),
+    "bootstrap-admin": Job("jobs.bootstrap_admin", settings_mod.BootstrapSettings, "Create Coder's first (admin) user"),
+    "republish-templates": Job("jobs.republish", settings_mod.TemplatesSettings,
+                               "Publish the Coder templates when their content or settings changed"),
+    "recover": Job("jobs.recover", settings_mod.RecoverSettings,
+                   "Heal a database reset: bootstrap-admin, then republish-templates"),
+    "doctor": Job("jobs.doctor", settings_mod.DoctorSettings,
+                  "Read-only drift report; exit 0 healthy, 1 drift, 3 could not check (coderd unreachable or failing)"),
+    "reap": Job("jobs.reap", settings_mod.ReapSettings,
+                "Stop idle workspaces, check per-user quotas, find orphaned workspace pods"),
 }
 
 # Jobs that never write: no --dry-run to offer.
@@ -69,10 +64,12 @@ def _global_flags(defaults: bool, dry_run: bool = True) -> argparse.ArgumentPars
 
 
 def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def _settings_flags(parser: argparse.ArgumentParser, cls: type[settings_mod.JobSettings]) -> None:
+def _settings_flags(parser: argparse.ArgumentParser, cls: type[JobSettings]) -> None:
     """One flag per non-secret setting: --coder-url overrides CODER_URL."""
     group = parser.add_argument_group("settings (flags override environment variables)")
     secrets = cls.secret_fields()
@@ -81,17 +78,25 @@ def _settings_flags(parser: argparse.ArgumentParser, cls: type[settings_mod.JobS
             continue  # secrets only from the environment: flags show up in `ps`
         if info.is_required():
             when = " (required)"
-        elif info.default is None:
+        elif info.default in (None, ()):
             when = ""  # the description says what unset means
         else:
             when = f" (default: {_default_text(info.default)})"
+        flags = [f"--{name.replace('_', '-')}"]
+        extra = info.json_schema_extra
+        if isinstance(extra, dict) and isinstance(extra.get("flag"), str):
+            flags.append(str(extra["flag"]))  # a shorter spelling the chart and RUNBOOK use
+        help_text = f"{info.description or ''} [env {settings_mod.env_name(name)}]"
+        if info.annotation is bool:  # a switch: the flag turns it on, the variable can too
+            group.add_argument(*flags, dest=f"setting_{name}", action="store_const", const=True, default=None,
+                               help=help_text)
+            continue
         choices = typing.get_args(info.annotation) if typing.get_origin(info.annotation) is typing.Literal else ()
-        group.add_argument(f"--{name.replace('_', '-')}", dest=f"setting_{name}", default=None,
-                           metavar="|".join(choices) if choices else "VALUE",
-                           help=f"{info.description or ''} [env {name.upper()}]{when}")
+        group.add_argument(*flags, dest=f"setting_{name}", default=None,
+                           metavar="|".join(choices) if choices else "VALUE", help=f"{help_text}{when}")
 
 
-def _secrets_epilog(cls: type[settings_mod.JobSettings]) -> str:
+def _secrets_epilog(cls: type[JobSettings]) -> str:
     lines = []
     for name in cls.secret_fields():
         info = cls.model_fields[name]
@@ -114,8 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"coder-jobs {__version__}")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
-    for name, (_module, cls_name, help_text, flags) in JOBS.items():
-        cls = getattr(settings_mod, cls_name)
+    for name, (_module, cls, help_text) in JOBS.items():
         codes = ("Exit codes: 0 healthy, 1 drift found, 2 invalid configuration or input, 3 could not check "
                  "(coderd unreachable, or failing past CODER_READY_TIMEOUT)." if name == "doctor" else
                  "Exit codes: 0 converged (a no-op counts), 1 could not converge, 2 invalid configuration or input.")
@@ -123,8 +127,6 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text, parents=[job_flags],
                            formatter_class=argparse.RawDescriptionHelpFormatter,
                            epilog=_secrets_epilog(cls) + codes)
-        for flag, flag_help in flags.items():
-            p.add_argument(f"--{flag}", action="store_true", help=flag_help)
         _settings_flags(p, cls)
     return parser
 
@@ -151,17 +153,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     register_secrets(os.environ.get(name) for name in SECRET_ENV)
     register_secrets(_url_passwords(os.environ.get("CODER_URL"), getattr(args, "setting_coder_url", None)))
     signal.signal(signal.SIGTERM, _on_sigterm)
-    module_name, cls_name, _help, flags = JOBS[args.job]
+    job = JOBS[args.job]
     try:
         overrides = {k.removeprefix("setting_"): v for k, v in vars(args).items() if k.startswith("setting_")}
-        settings = settings_mod.load(getattr(settings_mod, cls_name), overrides)
+        settings = settings_mod.load(job.settings, overrides)
         register_secrets(settings.secret_values())
         public = settings.public_values()
         register_public_keys(public)  # secret *names* are names: shown, so the next line is not a riddle
-        ctx = RunContext(dry_run=args.dry_run, log=log,
-                         flags={f.replace("-", "_"): getattr(args, f.replace("-", "_")) for f in flags})
-        log.info("settings", dry_run=args.dry_run, **ctx.flags, **public)
-        module = importlib.import_module(module_name)
+        ctx = RunContext(dry_run=args.dry_run, log=log)
+        log.info("settings", dry_run=args.dry_run, **public)
+        module = importlib.import_module(job.module)
         return int(module.run(settings, ctx))
     except ConfigError as exc:
         log.error(str(exc), exit_code=EXIT_BAD_INPUT, problems=exc.problems or None)

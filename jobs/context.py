@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 
@@ -10,4 +10,3 @@ from typing import Any
 class RunContext:
     dry_run: bool
     log: Any
-    flags: dict[str, Any] = field(default_factory=dict)

@@ -51,7 +51,7 @@ from jobs.reap_plan import (
     recheck,
     workspace_ids,
 )
-from jobs.reap_rules import Policy, policy_from_settings
+from jobs.reap_rules import Policy
 from jobs.settings import ReapSettings
 
 WORKSPACE_SELECTOR = "app.kubernetes.io/name=coder-workspace"
@@ -237,8 +237,8 @@ def kube_api_client() -> Any:
 
 def run(settings: ReapSettings, ctx: RunContext) -> int:
     started = time.monotonic()
-    policy = policy_from_settings(settings.reap_idle_after, settings.reap_exempt, settings.reap_rules_file)
-    orphans_deleted = bool(ctx.flags.get("delete_orphans"))
+    policy = settings.policy()
+    orphans_deleted = settings.reap_delete_orphans
     ns = settings.reap_workspace_namespace
     if orphans_deleted and not ns:
         raise ConfigError("--delete-orphans needs REAP_WORKSPACE_NAMESPACE (the namespace of the workspace pods)")

@@ -9,22 +9,21 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
-from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobs import reap_rules, validation
-from jobs.durations import parse_duration
 from jobs.errors import ConfigError
 
+_T = TypeVar("_T")
 _TOKEN = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9]+$")
 
 
-def _check(value: Any, problem: str | None) -> Any:
+def _check(value: _T, problem: str | None) -> _T:
     if problem:
         raise ValueError(problem)
     return value
@@ -81,13 +80,8 @@ class JobSettings(BaseSettings):
 
     def public_values(self) -> dict[str, Any]:
         """The effective non-secret settings, by variable name, for the log at start."""
-        out: dict[str, Any] = {}
-        for name in type(self).model_fields:
-            if name in self.secret_fields():
-                continue
-            value = getattr(self, name)
-            out[env_name(name)] = value if value is None or isinstance(value, (str, int, float, bool)) else str(value)
-        return out
+        public = self.model_dump(mode="json", exclude=set(self.secret_fields()))
+        return {env_name(name): value for name, value in public.items()}
 
     def secret_values(self) -> list[str]:
         """Every secret this configuration holds, for the log redactor."""
@@ -196,6 +190,8 @@ class ExternalAuthSettings(JobSettings):
     coder_deployment: str | None = Field(None, description="coderd Deployment to roll when the content changes")
     external_auth_source_timeout: float = Field(
         300, ge=0, le=86400, description="Seconds to wait for source Secrets that do not exist yet (not delivered yet)")
+    external_auth_adopt: bool = Field(False, json_schema_extra={"flag": "--adopt"},
+                                      description="Take over a target Secret that coder-jobs did not create")
 
     @field_validator("external_auth_client_id_secret", "external_auth_client_secret_secret",
                      "external_auth_target_secret", "coder_deployment")
@@ -210,48 +206,31 @@ class ExternalAuthSettings(JobSettings):
 
 
 class ReapSettings(CoderSettings):
-    reap_idle_after: str = Field("2h", description="Stop running workspaces unused for this long (2h, 90m, 3600s)")
+    # The policy inputs are parsed here, once, with every other setting, so one message names every
+    # bad variable and the reaper gets typed values (jobs/reap_rules.py).
+    reap_idle_after: reap_rules.IdleAfter = Field(
+        "2h", validate_default=True,
+        description="Stop running workspaces unused for this long (2h, 90m, 3600s; at least 5m)")
     reap_max_stops: int = Field(20, ge=0, le=10000, description="At most this many stop builds per run")
-    reap_exempt: str | None = Field(None, description="Comma list of owner/workspace globs never stopped")
+    reap_exempt: Annotated[reap_rules.ExemptGlobs, NoDecode] = Field(
+        (), description="Comma list of owner/workspace globs never stopped")
     reap_max_workspaces_per_user: int | None = Field(None, ge=1, description="Report owners with more workspaces")
     reap_max_running_per_user: int | None = Field(None, ge=1, description="Report (or stop) owners with more running")
     reap_quota_action: Literal["report", "stop"] = Field("report", description="What to do with running-quota violations")
-    reap_rules_file: Path | None = Field(None, description="YAML rules overriding idle-after and exemption")
+    reap_rules_file: Annotated[reap_rules.RulesFileSetting, NoDecode] | None = Field(
+        None, description="YAML rules overriding idle-after and exemption")
     reap_workspace_namespace: str | None = Field(None, description="Namespace of workspace pods (quota and orphan checks)")
     reap_concurrency: int = Field(4, ge=1, le=64, description="Stop builds issued in parallel")
     reap_page_size: int = Field(500, ge=1, le=10000, description="Workspaces per list request")
+    reap_delete_orphans: bool = Field(
+        False, json_schema_extra={"flag": "--delete-orphans"},
+        description="Delete orphaned workspace objects in REAP_WORKSPACE_NAMESPACE: pods, Deployments and "
+                    "coder-<id>-credentials Secrets of workspaces coderd does not know or has stopped "
+                    "(default: report only)")
 
-    # The policy inputs are checked here, with every other setting, so one message names every
-    # bad variable; reap builds the policy from them again (jobs/reap_rules.py).
-
-    @field_validator("reap_idle_after")
-    @classmethod
-    def _duration(cls, value: str) -> str:
-        return _check(value, reap_rules.idle_after_problem(value))
-
-    @field_validator("reap_exempt")
-    @classmethod
-    def _exempt(cls, value: str | None) -> str | None:
-        try:
-            reap_rules.parse_exempt(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("REAP_EXEMPT ")) from None
-        return value
-
-    @field_validator("reap_rules_file")
-    @classmethod
-    def _rules(cls, value: Path | None) -> Path | None:
-        try:
-            reap_rules.load_rules(value)
-        except ConfigError as exc:
-            raise ValueError(str(exc).removeprefix("REAP_RULES_FILE").lstrip(": ")) from None
-        return value
-
-    def idle_after(self) -> timedelta:
-        return parse_duration(self.reap_idle_after)
-
-    def exempt_globs(self) -> list[str]:
-        return [g.strip() for g in (self.reap_exempt or "").split(",") if g.strip()]
+    def policy(self) -> reap_rules.Policy:
+        return reap_rules.Policy(idle_after=self.reap_idle_after, exempt=self.reap_exempt,
+                                 rules=self.reap_rules_file.rules if self.reap_rules_file else ())
 
 
 ALL_SETTINGS: tuple[type[JobSettings], ...] = (

@@ -415,7 +415,7 @@ def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: 
     name = settings.external_auth_target_secret
     client_id, client_secret = wait_for_sources(api, ns, settings, ctx.log)
     data = desired_data(settings.external_auth_id, client_id, client_secret)
-    adopt = bool(ctx.flags.get("adopt"))
+    adopt = settings.external_auth_adopt
 
     def one_pass() -> Plan:
         target, current = observe_target(api, ns, name)

@@ -135,7 +135,7 @@ def test_reap_exempt_parses_or_is_a_config_error_and_can_never_be_overridden_by_
         return
     from jobs.reap_rules import Rule, glob_match
 
-    rules = (Rule(0, owner="*", exempt=False), Rule(1, idle_after=timedelta(hours=9)))
+    rules = (Rule(id="a", owner="*", exempt=False), Rule(id="b", idle_after=timedelta(hours=9)))
     listed = any(glob_match(o, owner) and glob_match(w, ws) for o, w in pairs)
     decision = Policy(timedelta(hours=2), pairs, rules).decide(owner, ws, tpl)
     assert decision.exempt == listed

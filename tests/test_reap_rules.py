@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 
 from jobs.durations import parse_duration
 from jobs.errors import ConfigError
-from jobs.reap_rules import Policy, glob_match, load_rules, parse_exempt, parse_idle_after, parse_rules, policy_from_settings
+from jobs.reap_rules import Policy, glob_match, load_rules, parse_exempt, parse_idle_after, parse_rules
+from jobs.settings import ReapSettings, load
 
 H2 = timedelta(hours=2)
 
@@ -126,10 +127,23 @@ def test_exempt_globs():
             parse_exempt(bad)
 
 
-def test_policy_from_settings_checks_idle_after():
-    assert policy_from_settings("90m", None, None).idle_after == timedelta(minutes=90)
-    with pytest.raises(ConfigError, match="REAP_IDLE_AFTER"):
-        policy_from_settings("2m", None, None)
+CODER = {"coder_url": "http://127.0.0.1:1", "coder_session_token": "abcdef-0123456789"}
+
+
+def test_the_settings_hold_the_policy_parsed_once(tmp_path):
+    rules = tmp_path / "rules.yaml"
+    rules.write_text("rules:\n  - id: night\n    owner: ci-*\n    idleAfter: 30m\n")
+    settings = load(ReapSettings, {**CODER, "reap_idle_after": "90m", "reap_exempt": "bob/keep-*",
+                                   "reap_rules_file": str(rules)})
+    policy = settings.policy()
+    assert policy.idle_after == timedelta(minutes=90) and policy.exempt == (("bob", "keep-*"),)
+    assert [r.name for r in policy.rules] == ["rule:night"]
+    # the settings event shows them as they were given
+    public = settings.public_values()
+    assert (public["REAP_IDLE_AFTER"], public["REAP_EXEMPT"], public["REAP_RULES_FILE"]) == ("1h30m", "bob/keep-*",
+                                                                                            str(rules))
+    with pytest.raises(ConfigError, match="REAP_IDLE_AFTER: 2m is shorter than 5m"):
+        load(ReapSettings, {**CODER, "reap_idle_after": "2m"})
 
 
 def test_glob_match():
