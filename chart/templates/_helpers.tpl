@@ -326,110 +326,83 @@ seccompProfile:
 {{- toJson $args }}
 {{- end }}
 
-{{- define "coder-jobs.coderEnv" -}}
+{{/*
+The variables a job reads, in order: chart/files/job-env.json, written from the jobs' settings
+classes (jobs/cli.py's job table) by `python -m tests.job_env`; tests/test_job_env.py fails when
+it drifts. Which job gets which variable is decided there, never here.
+Usage: include "coder-jobs.jobEnvNames" (list $ "<job>") | fromJsonArray
+*/}}
+{{- define "coder-jobs.jobEnvNames" -}}
 {{- $root := index . 0 }}{{ $job := index . 1 }}
-{{- $v := $root.Values }}
-- name: CODER_URL
-  value: {{ include "coder-jobs.coderUrl" $root | quote }}
-- name: CODER_ORGANIZATION
-  value: {{ $v.coder.organization | quote }}
-- name: CODER_READY_TIMEOUT
-  value: {{ $v.coder.readyTimeoutSeconds | quote }}
-- name: CODER_ADMIN_USERNAME
-  value: {{ $v.coder.admin.username | quote }}
-- name: CODER_ADMIN_EMAIL
-  value: {{ $v.coder.admin.email | quote }}
-{{- with $v.coder.admin.name }}
-- name: CODER_ADMIN_NAME
-  value: {{ . | quote }}
-{{- end }}
-- name: CODER_ADMIN_PASSWORD
-  valueFrom:
-    secretKeyRef:
-      name: {{ $v.coder.admin.secretName }}
-      key: {{ $v.coder.admin.passwordKey }}
-- name: CODER_SESSION_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ $v.coder.admin.secretName }}
-      key: {{ $v.coder.admin.sessionTokenKey }}
-      optional: true
-{{- if has $job (list "bootstrap-admin" "recover" "doctor") }}
-- name: CODER_SETUP_TOKEN
-  valueFrom:
-    secretKeyRef:
-      name: {{ $v.coder.admin.secretName }}
-      key: {{ $v.coder.admin.setupTokenKey }}
-      optional: true
-{{- end }}
+{{- $table := fromJson ($root.Files.Get "files/job-env.json") }}
+{{- if not (hasKey $table.jobs $job) }}{{ fail (printf "chart/files/job-env.json names no job %q" $job) }}{{ end }}
+{{- toJson (index $table.jobs $job) }}
 {{- end }}
 
-{{- define "coder-jobs.env" -}}
-{{- $root := index . 0 }}{{ $job := index . 1 }}
+{{/*
+One variable as a container env entry, from its value; nothing when the chart leaves the job's
+default (or the value is unset). Usage: include "coder-jobs.envVar" (list $ "<VARIABLE>")
+*/}}
+{{- define "coder-jobs.envVar" -}}
+{{- $root := index . 0 }}{{ $name := index . 1 }}
 {{- $v := $root.Values }}
-{{- if eq $job "sync-external-auth" }}
+{{- $value := "" }}
+{{- if eq $name "POD_NAMESPACE" }}
 - name: POD_NAMESPACE
   valueFrom:
     fieldRef:
       apiVersion: v1
       fieldPath: metadata.namespace
-- name: EXTERNAL_AUTH_CLIENT_ID_SECRET
-  value: {{ $v.syncExternalAuth.clientIdSecret | quote }}
-- name: EXTERNAL_AUTH_CLIENT_SECRET_SECRET
-  value: {{ $v.syncExternalAuth.clientSecretSecret | quote }}
-- name: EXTERNAL_AUTH_TARGET_SECRET
-  value: {{ $v.syncExternalAuth.targetSecret | quote }}
-- name: EXTERNAL_AUTH_ID
-  value: {{ $v.syncExternalAuth.id | quote }}
-- name: EXTERNAL_AUTH_SOURCE_TIMEOUT
-  value: {{ $v.syncExternalAuth.sourceTimeoutSeconds | quote }}
-{{- if $v.syncExternalAuth.restartDeployment }}
-- name: CODER_DEPLOYMENT
-  value: {{ $v.coder.deploymentName | quote }}
+{{- else if has $name (list "CODER_ADMIN_PASSWORD" "CODER_SESSION_TOKEN" "CODER_SETUP_TOKEN") }}
+{{- $keys := dict "CODER_ADMIN_PASSWORD" $v.coder.admin.passwordKey "CODER_SESSION_TOKEN" $v.coder.admin.sessionTokenKey "CODER_SETUP_TOKEN" $v.coder.admin.setupTokenKey }}
+- name: {{ $name }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $v.coder.admin.secretName }}
+      key: {{ index $keys $name }}
+      {{- if ne $name "CODER_ADMIN_PASSWORD" }}
+      optional: true
+      {{- end }}
+{{- else if eq $name "CODER_URL" }}{{ $value = include "coder-jobs.coderUrl" $root }}
+{{- else if eq $name "CODER_ORGANIZATION" }}{{ $value = $v.coder.organization }}
+{{- else if eq $name "CODER_READY_TIMEOUT" }}{{ $value = $v.coder.readyTimeoutSeconds }}
+{{- else if eq $name "CODER_ADMIN_USERNAME" }}{{ $value = $v.coder.admin.username }}
+{{- else if eq $name "CODER_ADMIN_EMAIL" }}{{ $value = $v.coder.admin.email }}
+{{- else if eq $name "CODER_ADMIN_NAME" }}{{ $value = $v.coder.admin.name }}
+{{- else if eq $name "EXTERNAL_AUTH_CLIENT_ID_SECRET" }}{{ $value = $v.syncExternalAuth.clientIdSecret }}
+{{- else if eq $name "EXTERNAL_AUTH_CLIENT_SECRET_SECRET" }}{{ $value = $v.syncExternalAuth.clientSecretSecret }}
+{{- else if eq $name "EXTERNAL_AUTH_TARGET_SECRET" }}{{ $value = $v.syncExternalAuth.targetSecret }}
+{{- else if eq $name "EXTERNAL_AUTH_ID" }}{{ $value = $v.syncExternalAuth.id }}
+{{- else if eq $name "EXTERNAL_AUTH_SOURCE_TIMEOUT" }}{{ $value = $v.syncExternalAuth.sourceTimeoutSeconds }}
+{{- else if eq $name "CODER_DEPLOYMENT" }}{{ if $v.syncExternalAuth.restartDeployment }}{{ $value = $v.coder.deploymentName }}{{ end }}
+{{- else if eq $name "TEMPLATES_DIR" }}{{ $value = "/templates" }}
+{{- else if eq $name "TEMPLATES" }}{{ $value = join "," (fromJson (include "coder-jobs.templateIndex" $root)).names }}
+{{- else if eq $name "TEMPLATES_REVISION" }}{{ $value = include "coder-jobs.templatesRevision" $root }}
+{{- else if eq $name "TEMPLATE_BUILD_TIMEOUT" }}{{ $value = $v.templates.buildTimeoutSeconds }}
+{{- else if eq $name "REAP_IDLE_AFTER" }}{{ $value = $v.reap.idleAfter }}
+{{- else if eq $name "REAP_MAX_STOPS" }}{{ $value = $v.reap.maxStops }}
+{{- else if eq $name "REAP_EXEMPT" }}{{ with $v.reap.exempt }}{{ $value = join "," . }}{{ end }}
+{{- else if eq $name "REAP_MAX_WORKSPACES_PER_USER" }}{{ $value = $v.reap.maxWorkspacesPerUser }}
+{{- else if eq $name "REAP_MAX_RUNNING_PER_USER" }}{{ $value = $v.reap.maxRunningPerUser }}
+{{- else if eq $name "REAP_QUOTA_ACTION" }}{{ $value = $v.reap.quotaAction }}
+{{- else if eq $name "REAP_CONCURRENCY" }}{{ $value = $v.reap.concurrency }}
+{{- else if eq $name "REAP_WORKSPACE_NAMESPACE" }}{{ $value = include "coder-jobs.reapNamespace" $root }}
+{{- else if eq $name "REAP_RULES_FILE" }}{{ if $v.reap.rules }}{{ $value = "/etc/coder-jobs/reap/rules.yaml" }}{{ end }}
+{{- /* Read by the jobs, left to their defaults by the chart; EXTERNAL_AUTH_ADOPT and
+  REAP_DELETE_ORPHANS it sets as the flags --adopt and --delete-orphans (coder-jobs.args). */}}
+{{- else if not (has $name (list "CODER_REQUEST_TIMEOUT" "REAP_PAGE_SIZE" "EXTERNAL_AUTH_ADOPT" "REAP_DELETE_ORPHANS")) }}
+{{- fail (printf "coder-jobs.envVar (chart/templates/_helpers.tpl) has no value for %s, which chart/files/job-env.json says a job reads" $name) }}
 {{- end }}
-{{- else }}
-{{- include "coder-jobs.coderEnv" (list $root $job) }}
+{{- if not (or (kindIs "invalid" $value) (eq (toString $value) "")) }}
+- name: {{ $name }}
+  value: {{ $value | toString | quote }}
 {{- end }}
-{{- if has $job (list "republish-templates" "recover" "doctor") }}
-{{- $idx := fromJson (include "coder-jobs.templateIndex" $root) }}
-- name: TEMPLATES_DIR
-  value: /templates
-- name: TEMPLATES
-  value: {{ join "," $idx.names | quote }}
-- name: TEMPLATES_REVISION
-  value: {{ include "coder-jobs.templatesRevision" $root | quote }}
-- name: TEMPLATE_BUILD_TIMEOUT
-  value: {{ $v.templates.buildTimeoutSeconds | quote }}
 {{- end }}
-{{- if eq $job "reap" }}
-- name: REAP_IDLE_AFTER
-  value: {{ $v.reap.idleAfter | quote }}
-- name: REAP_MAX_STOPS
-  value: {{ $v.reap.maxStops | quote }}
-{{- with $v.reap.exempt }}
-- name: REAP_EXEMPT
-  value: {{ join "," . | quote }}
-{{- end }}
-{{- if not (kindIs "invalid" $v.reap.maxWorkspacesPerUser) }}
-- name: REAP_MAX_WORKSPACES_PER_USER
-  value: {{ $v.reap.maxWorkspacesPerUser | quote }}
-{{- end }}
-{{- if not (kindIs "invalid" $v.reap.maxRunningPerUser) }}
-- name: REAP_MAX_RUNNING_PER_USER
-  value: {{ $v.reap.maxRunningPerUser | quote }}
-{{- end }}
-- name: REAP_QUOTA_ACTION
-  value: {{ $v.reap.quotaAction | quote }}
-- name: REAP_CONCURRENCY
-  value: {{ $v.reap.concurrency | quote }}
-{{- with (include "coder-jobs.reapNamespace" $root) }}
-- name: REAP_WORKSPACE_NAMESPACE
-  value: {{ . | quote }}
-{{- end }}
-{{- if $v.reap.rules }}
-- name: REAP_RULES_FILE
-  value: /etc/coder-jobs/reap/rules.yaml
-{{- end }}
+
+{{- define "coder-jobs.env" -}}
+{{- $root := index . 0 }}{{ $job := index . 1 }}
+{{- range (include "coder-jobs.jobEnvNames" (list $root $job) | fromJsonArray) }}
+{{- include "coder-jobs.envVar" (list $root .) }}
 {{- end }}
 {{- end }}
 
@@ -441,7 +414,7 @@ Pod template of one job. Usage:
 {{- $root := index . 0 }}{{ $job := index . 1 }}{{ $dryRun := index . 2 }}
 {{- $v := $root.Values }}
 {{- $kube := include "coder-jobs.usesKubernetes" (list $root $job) }}
-{{- $usesTemplates := has $job (list "republish-templates" "recover" "doctor") }}
+{{- $usesTemplates := has "TEMPLATES_DIR" (include "coder-jobs.jobEnvNames" (list $root $job) | fromJsonArray) }}
 metadata:
   labels:
     {{- include "coder-jobs.componentLabels" (list $root $job) | nindent 4 }}
