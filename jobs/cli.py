@@ -17,10 +17,11 @@ from typing import Any, NamedTuple
 
 from jobs import __version__
 from jobs import settings as settings_mod
-from jobs.settings import JobSettings
 from jobs.context import RunContext
 from jobs.errors import EXIT_BAD_INPUT, EXIT_NOT_CONVERGED, ConfigError, JobError, Terminated
 from jobs.log import configure, flush, get_logger, register_public_keys, register_secrets
+from jobs.settings import JobSettings
+
 
 class Job(NamedTuple):
     module: str  # imported only when the job runs

@@ -28,8 +28,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, NamedTuple
 
-from pydantic import (AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError,
-                      model_validator)
+from pydantic import AliasChoices, BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 from pydantic_core import ErrorDetails
 
 from jobs.durations import format_duration, parse_duration
