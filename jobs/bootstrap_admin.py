@@ -16,13 +16,10 @@ from typing import Any
 from jobs import retry, validation
 from jobs.coder import CoderClient, client_from_settings, is_transient, refused_for_setup_token
 from jobs.context import RunContext
-from jobs.errors import EXIT_OK, RUNBOOK_SETUP_TOKEN, CoderAPIError, ConcurrentChange, ConfigError, JobError
+from jobs.errors import EXIT_OK, RUNBOOK_SETUP_TOKEN, CoderAPIError, ConcurrentChange, ConfigError, JobError, credentials_rejected_message
 from jobs.log import summary
 from jobs.plan import Action, Plan, log_plan, report
 from jobs.settings import BootstrapSettings
-
-RUNBOOK_HINT = "see RUNBOOK.md section 3, 'First user exists but the credentials are rejected'"
-
 
 SETUP_TOKEN_MISSING = (
     "CODER_SETUP_TOKEN: coderd requires a setup token to create the first user, and none is configured. "
@@ -100,7 +97,7 @@ def create_first_user(client: CoderClient, settings: BootstrapSettings, log: Any
         if err.status == 400:
             raise ConfigError(f"coderd rejected the first user: {err.describe()}") from None
         raise
-    log.info("created the first user", user_id=created.get("user_id"), organization_id=created.get("organization_id"),
+    log.info("created the first user", user_id=created.user_id, organization_id=created.organization_id,
              username=settings.coder_admin_username)
 
 
@@ -109,11 +106,7 @@ def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: An
         token = client.password_login(settings.coder_admin_email, settings.coder_admin_password.get_secret_value())
     except CoderAPIError as err:
         if err.status in (400, 401, 403):
-            raise JobError(
-                f"the first user already exists, but CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD do not log in to it "
-                f"(coderd: {err.message or err.status}). Either set the Secret to the existing admin's credentials, "
-                f"or reset that user's password with `coder reset-password` ({RUNBOOK_HINT})"
-            ) from None
+            raise JobError(credentials_rejected_message(client.url, err.message or str(err.status))) from None
         raise
     client.adopt_login(token)  # later steps (recover) reuse it; logged out when the client closes
     log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 EXIT_OK = 0
 EXIT_NOT_CONVERGED = 1
 EXIT_BAD_INPUT = 2
@@ -44,7 +46,7 @@ class CoderAPIError(JobError):
         status: int,
         message: str = "",
         detail: str = "",
-        validations: list[dict] | None = None,
+        validations: list[dict[str, Any]] | None = None,
     ) -> None:
         self.method = method
         self.path = path
@@ -144,9 +146,9 @@ def unreachable_message(url: str, waited_s: float, cause: str) -> str:
 
 
 def credentials_rejected_message(url: str, coderd_said: str, token_refused: str | None = None) -> str:
-    """coderd refused the admin's password login: the Secret and coderd's database disagree
-    (bootstrap-admin says the same for the first user). `token_refused`: what coderd said to
-    CODER_SESSION_TOKEN before the jobs fell back to the password."""
+    """coderd refused the admin's password login: the Secret and coderd's database disagree. Every
+    job says this, bootstrap-admin's check of an existing first user included. `token_refused`: what
+    coderd said to CODER_SESSION_TOKEN before the jobs fell back to the password."""
     first = f"coderd refused CODER_SESSION_TOKEN (coderd: {token_refused}), then " if token_refused else ""
     return (f"{first}coderd at {url} refused the login with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (coderd: {coderd_said}): "
             "the Secret no longer matches that admin in coderd's database. Either set the Secret to the admin's "
@@ -159,6 +161,14 @@ def token_rejected_message(url: str, coderd_said: str) -> str:
     return (f"coderd at {url} refused CODER_SESSION_TOKEN (coderd: {coderd_said}): it expired, was revoked, or "
             "belongs to a database that was reset. Create a new token (`coder tokens create`) and put it in the "
             f"Secret, or unset it so the jobs log in with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (see {RUNBOOK_CREDENTIALS})")
+
+
+def session_refused_message(url: str, method: str, path: str, coderd_said: str) -> str:
+    """coderd signed out the session CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD had just logged in for:
+    logging in yet again would loop, so the run stops and says which credentials were in use."""
+    return (f"{method} {path} at {url}: coderd refused the session that CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD had "
+            f"just logged in for (coderd: {coderd_said}). Its database may have been reset during the run, or that "
+            f"admin was suspended or lost its role; the next run logs in afresh (see {RUNBOOK_CREDENTIALS})")
 
 
 def yaml_problem(exc: Exception, text: str) -> str:

@@ -19,6 +19,11 @@ class BuildInfo(CoderModel):
     version: str = ""
 
 
+class CreatedFirstUser(CoderModel):
+    user_id: str = ""
+    organization_id: str = ""
+
+
 class Organization(CoderModel):
     id: str
     name: str

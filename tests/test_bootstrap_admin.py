@@ -135,7 +135,7 @@ def test_wrong_credentials_against_an_existing_first_user_fail_with_a_runbook_po
 
     assert result.rc == 1
     message = result.errors()[0]["event"]
-    assert "first user already exists" in message and "RUNBOOK" in message
+    assert "refused the login with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD" in message and "RUNBOOK.md section 3" in message
     assert coder_writes(coderd) == []
     assert_no_secret(result, CANARY_PASSWORD)
 

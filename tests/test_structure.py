@@ -1,7 +1,8 @@
 """One way to do each thing, checked on the source of the jobs package (AST and text, no servers).
 
-- One client per system: only jobs/coder.py touches httpx and coderd's paths, only jobs/kube.py
-  the `kubernetes` package; they alone page, read the `Date` header, and know coderd's texts.
+- One client per system: only the Coder client (jobs/coder.py, its session and its reading of
+  coderd's answers) touches httpx and coderd's paths, only jobs/kube.py the `kubernetes` package;
+  they alone page, read the `Date` header, and know coderd's texts.
 - One retry policy: tenacity, in jobs/retry.py, is the only thing that repeats or waits.
 - One plan type: every job plans into jobs.plan.Plan, from what it observed.
 """
@@ -20,7 +21,8 @@ from jobs.plan import Plan
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 MODULES = sorted(JOBS.glob("*.py"))
-CODER, KUBE, RETRY = JOBS / "coder.py", JOBS / "kube.py", JOBS / "retry.py"
+CODER = (JOBS / "coder.py", JOBS / "coder_session.py", JOBS / "coder_answers.py")
+KUBE, RETRY = JOBS / "kube.py", JOBS / "retry.py"
 
 
 def tree(path: Path) -> ast.Module:
@@ -58,7 +60,7 @@ def name(path: Path) -> str:
 # ---------------------------------------------------------------------------- one client per system
 
 
-@pytest.mark.parametrize("module", others(CODER), ids=name)
+@pytest.mark.parametrize("module", others(*CODER), ids=name)
 def test_only_the_coder_client_speaks_http_and_names_coderds_paths(module):
     assert "httpx" not in imported(module)
     assert [s for s in strings(module) if "/api/" in s] == []
@@ -69,7 +71,7 @@ def test_only_the_kubernetes_helper_imports_the_kubernetes_client(module):
     assert not {"kubernetes", "urllib3"} & imported(module)
 
 
-@pytest.mark.parametrize("module", others(CODER, KUBE), ids=name)
+@pytest.mark.parametrize("module", others(*CODER, KUBE), ids=name)
 def test_paging_and_dates_are_the_clients_business(module):
     """Offsets and continue tokens, and HTTP-date parsing (Date, Retry-After), live in the clients."""
     assert "email" not in imported(module)
@@ -78,9 +80,9 @@ def test_paging_and_dates_are_the_clients_business(module):
     assert [s for s in strings(module) if s in ("offset", "continue")] == []
 
 
-@pytest.mark.parametrize("module", others(CODER), ids=name)
+@pytest.mark.parametrize("module", others(*CODER), ids=name)
 def test_coderds_error_texts_are_matched_in_the_client_only(module):
-    """No `"some text" in <an error's message, detail or text>` outside jobs/coder.py, directly or
+    """No `"some text" in <an error's message, detail or text>` outside the Coder client, directly or
     through a local variable made from them: what an answer of coderd means is a predicate there
     (is_transient, refused_for_setup_token, ...)."""
     looked_into = {"message", "detail", "text", "error", "field_names"}
