@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import threading
+
 import httpx
 import pytest
 
 from jobs.coder import CoderClient
-from jobs.errors import CoderAPIError, CoderUnavailable
+from jobs.errors import CoderAPIError, CoderUnavailable, JobError
 
 TOKEN = "abcdefghij-0123456789abcdefghijkl"
 SIGNED_OUT = {"message": "You are signed out or your session has expired. Please sign in again to continue.",
@@ -115,6 +117,103 @@ def test_a_rejected_session_triggers_one_relogin():
     client, _ = client_for(handler, email="a@b.io", password="x" * 20)
     assert read_me(client)["username"] == "admin"
     assert seen_tokens == [TOKEN, "newtokenid-0123456789abcdefghijkl"]
+
+
+def test_a_request_is_prepared_once_and_the_same_request_is_sent_again():
+    sent = []
+
+    def handler(request):
+        sent.append(request)
+        if len(sent) == 1:
+            raise httpx.ConnectError("refused")
+        if len(sent) == 2:
+            return httpx.Response(503, text="upstream connect error")
+        return httpx.Response(201, json={"hash": "f1"})
+
+    client, _ = client_for(handler)
+    prepared = []
+    build_request = client._http.build_request
+    client._http.build_request = lambda *a, **kw: prepared.append(build_request(*a, **kw)) or prepared[-1]
+
+    assert client.upload(b"tar bytes") == "f1"
+    assert len(prepared) == 1 and all(request is prepared[0] for request in sent) and len(sent) == 3
+    assert [request.content for request in sent] == [b"tar bytes"] * 3
+
+
+def logins_and_reads(expired: set[str], tokens: list[str]):
+    """A coderd whose login hands out the next of `tokens`; a read with a token in `expired` is signed out."""
+    logins, reads = [], []
+
+    def handler(request):
+        if request.url.path == "/api/v2/users/login":
+            logins.append(tokens[len(logins)])
+            return httpx.Response(201, json={"session_token": logins[-1]})
+        token = request.headers.get("Coder-Session-Token")
+        reads.append(token)
+        if token in expired:
+            return httpx.Response(401, json=SIGNED_OUT)
+        return httpx.Response(200, json={"id": "u", "username": "admin"})
+
+    return handler, logins, reads
+
+
+A, B, C = (f"session{n}-0123456789abcdefghijkl" for n in "abc")
+
+
+def test_a_session_signed_out_mid_run_logs_in_again_exactly_once_and_the_run_goes_on():
+    expired: set[str] = set()
+    handler, logins, reads = logins_and_reads(expired, [A, B])
+    client, _ = client_for(handler, token=None, email="a@b.io", password="x" * 20)
+
+    read_me(client)
+    expired.add(A)  # coderd signed the session out: expired, or its database was reset
+    read_me(client)
+    read_me(client)
+
+    assert logins == [A, B]
+    assert reads == [A, A, B, B]
+
+
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["own-login", "operator-token-then-password"])
+def test_a_second_401_after_logging_in_again_is_an_error_naming_the_credentials(token):
+    handler, logins, reads = logins_and_reads({TOKEN, A, B, C}, [A, B, C])
+    client, _ = client_for(handler, token=token, email="a@b.io", password="x" * 20)
+
+    with pytest.raises(JobError) as err:
+        read_me(client)
+
+    assert "CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD" in str(err.value) and "RUNBOOK.md section 3" in str(err.value)
+    assert not isinstance(err.value, CoderAPIError) and "x" * 20 not in str(err.value)
+    assert len(reads) == 2 and len(logins) == (2 if token is None else 1)  # never a third try
+
+
+def test_a_refused_token_without_a_password_is_an_error_naming_the_token():
+    handler, logins, _ = logins_and_reads({TOKEN}, [])
+    client, _ = client_for(handler)
+
+    with pytest.raises(JobError, match="refused CODER_SESSION_TOKEN") as err:
+        read_me(client)
+    assert logins == [] and TOKEN not in str(err.value)
+
+
+def test_parallel_requests_signed_out_together_share_one_new_login():
+    """reap stops workspaces in parallel on one client: one of them logs in again, the other uses it."""
+    both_sent = threading.Barrier(2)
+    handler, logins, reads = logins_and_reads({TOKEN}, [A, B])
+
+    def in_step(request):
+        if request.headers.get("Coder-Session-Token") == TOKEN:
+            both_sent.wait(timeout=10)
+        return handler(request)
+
+    client, _ = client_for(in_step, email="a@b.io", password="x" * 20)
+    threads = [threading.Thread(target=read_me, args=(client,)) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert logins == [A] and sorted(reads) == [TOKEN, TOKEN, A, A]
 
 
 def test_a_401_from_a_database_outage_is_retried_not_treated_as_signed_out():
