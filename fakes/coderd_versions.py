@@ -11,7 +11,7 @@ collected in BEHAVIOR.md §12):
   startup" (coder.com/docs/reference/api/users: get-authentication-methods, create-initial-user;
   codersdk/users.go `AuthMethods`, `CreateFirstUserRequest`). The fake refuses a missing token
   and a wrong one with 403; the real status code is not documented, so the jobs match on the
-  text, not the code (jobs/coder.py `refused_for_setup_token`).
+  text, not the code (jobs/coder_answers.py `refused_for_setup_token`).
 - `parameter_flow` (§12.2): templates carry `use_classic_parameter_flow`. POST .../templates takes it as
   `template_use_classic_parameter_flow` (coder/coder PR #18636, codersdk/organizations.go
   `CreateTemplateRequest`), default false on current releases ("Current default is false",
