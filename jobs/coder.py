@@ -38,6 +38,7 @@ from jobs.coder_session import TOKEN_HEADER, CoderSession
 from jobs.errors import CoderAPIError, CoderUnavailable, connection_cause, unreachable_message, what_to_check
 from jobs.log import get_logger
 from jobs.models import (
+    AuthMethods,
     BuildInfo,
     CreatedFirstUser,
     Organization,
@@ -47,6 +48,7 @@ from jobs.models import (
     TemplateVersionVariable,
     Workspace,
     WorkspaceBuild,
+    WorkspacesPage,
 )
 
 if TYPE_CHECKING:
@@ -210,8 +212,8 @@ class CoderClient:
         if date is not None:
             self.server_date = date
 
-    def _get(self, path: str, model: type[M], **params: Any) -> M:
-        return model.model_validate(self.request("GET", path, params=params or None).json())
+    def _get(self, path: str, model: type[M], *, auth: bool = True, **params: Any) -> M:
+        return model.model_validate(self.request("GET", path, params=params or None, auth=auth).json())
 
     def _get_list(self, path: str, model: type[M], **params: Any) -> list[M]:
         return [model.model_validate(item) for item in self.request("GET", path, params=params or None).json()]
@@ -291,8 +293,7 @@ class CoderClient:
     def setup_token_required(self) -> bool:
         """Newer coderd releases can demand a setup token for the first user (GET /users/authmethods
         answers `setup_token_required`, docs: reference/api/users); older ones do not know the field."""
-        body = self.request("GET", "/api/v2/users/authmethods", auth=False).json()
-        return isinstance(body, dict) and body.get("setup_token_required") is True
+        return self._get("/api/v2/users/authmethods", AuthMethods, auth=False).setup_token_required
 
     def create_first_user(self, body: dict[str, Any]) -> CreatedFirstUser:
         # Safe to repeat: a repeat after success answers 409, which the caller handles.
@@ -377,12 +378,11 @@ class CoderClient:
         """
         offset = 0
         while True:
-            body = self.request("GET", "/api/v2/workspaces", params={"q": q, "limit": page_size, "offset": offset}).json()
-            page = [Workspace.model_validate(w) for w in body.get("workspaces") or []]
-            count = int(body.get("count") or 0)
+            answer = self._get("/api/v2/workspaces", WorkspacesPage, q=q, limit=page_size, offset=offset)
+            page = answer.workspaces or []
             yield page
             offset += len(page)
-            if not page or offset >= count:
+            if not page or offset >= answer.count:
                 return
 
     def workspace(self, workspace_id: str) -> Workspace | None:

@@ -19,6 +19,10 @@ class BuildInfo(CoderModel):
     version: str = ""
 
 
+class AuthMethods(CoderModel):
+    setup_token_required: bool = False  # absent before the setup token existed (BEHAVIOR.md §12.1)
+
+
 class CreatedFirstUser(CoderModel):
     user_id: str = ""
     organization_id: str = ""
@@ -108,3 +112,8 @@ class Workspace(CoderModel):
         if self.last_used_at is None or self.last_used_at <= ZERO_TIME:
             return None
         return self.last_used_at
+
+
+class WorkspacesPage(CoderModel):
+    workspaces: list[Workspace] | None = None  # an empty page may come as null
+    count: int = 0
