@@ -103,7 +103,7 @@ def _opened(exc: UnexpectedToken, kind: str) -> int | None:
     parser's stack holds it."""
     stack = exc.state.value_stack if exc.state is not None else []
     tokens = [v for v in stack if isinstance(v, Token) and v.type == kind]
-    return int(tokens[-1].line) if tokens else None
+    return tokens[-1].line if tokens else None
 
 
 def _block(kind: str, labels: tuple[str, ...], body: BodyRule) -> Block:
