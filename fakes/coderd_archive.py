@@ -6,7 +6,8 @@ Two kinds of failure are separated, as in coderd:
 - `job_error`: things only the provisioner notices while extracting (non-local paths, a
   missing parent directory entry, a payload over the DRPC limit, no configuration at all).
 
-The HCL "parser" is deliberately cheap: balanced brackets, strings, heredocs and comments.
+HCL is read by the product's own reader (jobs/terraform_files.py, python-hcl2), so the fake and
+the jobs cannot disagree on what a template says.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import json
 import re
 import tarfile
 from dataclasses import dataclass, field
+
+from jobs.terraform_files import Block, Expression, HCLError, go_json, parse
 
 DRPC_MAX = 4 * 1024 * 1024
 FAIL_PLAN_MARKER = "# fake:fail-plan"
@@ -46,211 +49,34 @@ class ArchiveInfo:
     readme: str = ""
 
 
-class HCLSyntaxError(Exception):
-    pass
+def _var_type(expr: object) -> str:
+    """`type = number` in HCL (an expression), `"type": "number"` in JSON."""
+    text = expr.text if isinstance(expr, Expression) else expr
+    return text if text in ("number", "bool") else "string"
 
 
-_PAIRS = {"{": "}", "[": "]", "(": ")"}
-_BLOCK_NAMES = {"{": "configuration block", "[": "tuple constructor", "(": "parentheses"}
-
-
-def check_hcl_syntax(text: str, filename: str) -> None:
-    """Raise HCLSyntaxError for unbalanced brackets, unterminated strings/heredocs/comments."""
-    stack: list[tuple[str, int, int]] = []  # (opener, line, col); opener "${" for interpolation
-    i, n, line, col = 0, len(text), 1, 1
-
-    def where(ln: int, c: int) -> str:
-        return f"{filename}:{ln},{c}-{c + 1}"
-
-    def adv(k: int = 1) -> None:
-        nonlocal i, line, col
-        for _ in range(k):
-            if i < n and text[i] == "\n":
-                line += 1
-                col = 1
-            else:
-                col += 1
-            i += 1
-
-    in_string = False
-    str_start = (0, 0)
-    while i < n:
-        ch = text[i]
-        if in_string:
-            if ch == "\\":
-                adv(2)
-                continue
-            if ch == "\n":
-                raise HCLSyntaxError(f"{where(*str_start)}: Unterminated template string; No closing marker was found for the string.")
-            if ch == '"':
-                in_string = False
-                adv()
-                continue
-            if text.startswith("${", i) or text.startswith("%{", i):
-                stack.append(("${", line, col))
-                in_string = False
-                adv(2)
-                continue
-            adv()
-            continue
-        if ch == "#" or text.startswith("//", i):
-            while i < n and text[i] != "\n":
-                adv()
-            continue
-        if text.startswith("/*", i):
-            start = (line, col)
-            end = text.find("*/", i + 2)
-            if end < 0:
-                raise HCLSyntaxError(f"{where(*start)}: Unterminated comment; There is no closing marker for this comment.")
-            adv(end + 2 - i)
-            continue
-        if text.startswith("<<", i):
-            m = re.compile(r"<<-?([A-Za-z_][A-Za-z0-9_]*)[ \t]*\n").match(text, i)
-            if m:
-                marker = m.group(1)
-                start = (line, col)
-                end = re.compile(rf"^[ \t]*{re.escape(marker)}[ \t]*$", re.M).search(text, m.end())
-                if not end:
-                    raise HCLSyntaxError(f"{where(*start)}: Unterminated template string; No closing marker was found for the string.")
-                adv(end.end() - i)
-                continue
-        if ch == '"':
-            in_string = True
-            str_start = (line, col)
-            adv()
-            continue
-        if ch in _PAIRS:
-            stack.append((ch, line, col))
-            adv()
-            continue
-        if ch in ")]}":
-            if not stack:
-                raise HCLSyntaxError(f"{where(line, col)}: Argument or block definition required; "
-                                     "An argument or block definition is required here.")
-            opener, ol, oc = stack.pop()
-            if opener == "${":
-                if ch != "}":
-                    raise HCLSyntaxError(f"{where(line, col)}: Invalid expression; Expected the start of an expression, "
-                                         "but found an invalid expression token.")
-                in_string = True  # back inside the enclosing string
-                adv()
-                continue
-            if _PAIRS[opener] != ch:
-                raise HCLSyntaxError(f"{where(line, col)}: Missing close bracket; Found '{ch}' where "
-                                     f"'{_PAIRS[opener]}' was expected (opened at line {ol}).")
-            adv()
-            continue
-        adv()
-    if in_string:
-        raise HCLSyntaxError(f"{where(*str_start)}: Unterminated template string; No closing marker was found for the string.")
-    if stack:
-        opener, ol, oc = stack[-1]
-        if opener == "{":
-            raise HCLSyntaxError(
-                f"{where(ol, oc)}: Unclosed configuration block; There is no closing brace for this block before the end of the file. "
-                "This may be caused by incorrect brace nesting elsewhere in this file."
-            )
-        raise HCLSyntaxError(f"{where(ol, oc)}: Unclosed {_BLOCK_NAMES.get(opener, 'template interpolation')}; Missing closing bracket.")
-
-
-def _strip_comments(text: str) -> str:
-    out = re.sub(r"/\*.*?\*/", " ", text, flags=re.S)
-    lines = []
-    for ln in out.split("\n"):
-        # drop # and // comments that are not inside a string (approximation: outside quotes count)
-        quote = False
-        cut = len(ln)
-        j = 0
-        while j < len(ln):
-            c = ln[j]
-            if c == "\\" and quote:
-                j += 2
-                continue
-            if c == '"':
-                quote = not quote
-            elif not quote and (c == "#" or ln.startswith("//", j)):
-                cut = j
-                break
-            j += 1
-        lines.append(ln[:cut])
-    return "\n".join(lines)
-
-
-def _block_body(text: str, open_brace: int) -> str:
-    depth = 0
-    quote = False
-    j = open_brace
-    while j < len(text):
-        c = text[j]
-        if quote:
-            if c == "\\":
-                j += 2
-                continue
-            if c == '"':
-                quote = False
-        elif c == '"':
-            quote = True
-        elif c == "{":
-            depth += 1
-        elif c == "}":
-            depth -= 1
-            if depth == 0:
-                return text[open_brace + 1 : j]
-        j += 1
-    return text[open_brace + 1 :]
-
-
-def _top_level_attrs(body: str) -> dict[str, str]:
-    attrs: dict[str, str] = {}
-    depth = 0
-    for ln in body.split("\n"):
-        s = ln.strip()
-        if depth == 0:
-            m = re.match(r"^([A-Za-z_][A-Za-z0-9_-]*)\s*=\s*(.*)$", s)
-            if m:
-                attrs[m.group(1)] = m.group(2).strip()
-        depth += ln.count("{") + ln.count("[") - ln.count("}") - ln.count("]")
-    return attrs
-
-
-def _literal(expr: str) -> str:
-    expr = expr.strip()
-    if expr.startswith('"') and expr.endswith('"') and len(expr) >= 2:
-        try:
-            return json.loads(expr)
-        except ValueError:
-            return expr[1:-1]
-    if expr.startswith("[") or expr.startswith("{"):
-        try:
-            return json.dumps(json.loads(expr))
-        except ValueError:
-            return expr
-    return expr
-
-
-def _var_type(expr: str | None) -> str:
-    if not expr:
-        return "string"
-    t = expr.strip()
-    return t if t in ("number", "bool") else "string"
-
-
-def parse_variables_hcl(text: str) -> list[Variable]:
-    clean = _strip_comments(text)
+def parse_variables_hcl(root: Block) -> list[Variable]:
     out = []
-    for m in re.finditer(r'(?m)^\s*variable\s+"([^"]+)"\s*\{', clean):
-        body = _block_body(clean, m.end() - 1)
-        attrs = _top_level_attrs(body)
-        default = _literal(attrs["default"]) if "default" in attrs else None
-        if "default" in attrs and attrs["default"].strip() == "null":
-            default = None
+    for block in root.blocks:
+        if block.type != "variable" or len(block.labels) != 1:
+            continue
+        description = block.attributes.get("description")
+        default = block.attributes.get("default")
         out.append(Variable(
-            name=m.group(1),
-            type=_var_type(attrs.get("type")),
-            description=_literal(attrs["description"]) if "description" in attrs else "",
-            default=default,
-            sensitive=attrs.get("sensitive", "").strip() == "true",
+            name=block.labels[0],
+            type=_var_type(block.attributes.get("type")),
+            description=description if isinstance(description, str) else "",
+            default=None if isinstance(default, Expression) else go_json(default),
+            sensitive=block.attributes.get("sensitive") is True,
         ))
+    return out
+
+
+def _expressions(block: Block) -> list[str]:
+    """The source of every non-literal value in the block and the blocks inside it."""
+    out = [v.text for v in block.attributes.values() if isinstance(v, Expression)]
+    for inner in block.blocks:
+        out += _expressions(inner)
     return out
 
 
@@ -263,20 +89,16 @@ def parse_variables_json(data: dict) -> list[Variable]:
             name=name,
             type=_var_type(spec.get("type")),
             description=spec.get("description", ""),
-            default=None if d is None else (d if isinstance(d, str) else json.dumps(d)),
+            default=go_json(d),
             sensitive=bool(spec.get("sensitive")),
         ))
     return out
 
 
-def external_auth_ids_hcl(text: str) -> list[str]:
+def external_auth_ids_hcl(root: Block) -> list[str]:
     """The `id` of every `data "coder_external_auth"` block (the terraform plan reports these)."""
-    clean = _strip_comments(text)
-    out = []
-    for m in re.finditer(r'(?m)^\s*data\s+"coder_external_auth"\s+"([^"]+)"\s*\{', clean):
-        attrs = _top_level_attrs(_block_body(clean, m.end() - 1))
-        out.append(_literal(attrs["id"]) if "id" in attrs else m.group(1))
-    return out
+    return [str(b.attributes.get("id", b.labels[-1])) for b in root.blocks
+            if b.type == "data" and b.labels[:1] == ("coder_external_auth",)]
 
 
 def external_auth_ids_json(data: dict) -> list[str]:
@@ -329,51 +151,46 @@ def inspect_archive(data: bytes) -> ArchiveInfo:
     if len(data) > DRPC_MAX:
         info.job_error = info.job_error or f"payload was too big: {len(data)} > {DRPC_MAX}"
 
-    # Synchronous parse of the root module (tfparse), like coderd's workspace tag check.
+    # Synchronous parse of the root module (tfparse), like coderd's workspace tag check: with
+    # the product's own reader (jobs/terraform_files.py), so both read HCL the same way.
+    roots: dict[str, Block] = {}
     for name in sorted(info.files):
         text = info.files[name]
-        if name.endswith(".tf.json"):
-            try:
-                json.loads(text)
-            except ValueError as exc:
-                info.sync_error = f"load module: {name}:1,1-2: Syntax error; {exc}"
-                return info
-            continue
         try:
-            check_hcl_syntax(text, name)
-        except HCLSyntaxError as exc:
-            info.sync_error = f"load module: {exc}"
+            if name.endswith(".tf.json"):
+                json.loads(text)
+            else:
+                roots[name] = parse(text, name)
+        except ValueError as exc:  # HCLError is one
+            detail = str(exc) if isinstance(exc, HCLError) else f"{name}:1,1-2: Syntax error; {exc}"
+            info.sync_error = f"load module: {detail}"
             return info
 
     declared: list[Variable] = []
     for name in sorted(info.files):
-        text = info.files[name]
-        if name.endswith(".tf.json"):
-            try:
-                declared.extend(parse_variables_json(json.loads(text)))
-            except (ValueError, AttributeError):
-                pass
-        else:
-            declared.extend(parse_variables_hcl(text))
+        if name in roots:
+            declared.extend(parse_variables_hcl(roots[name]))
+            continue
+        try:
+            declared.extend(parse_variables_json(json.loads(info.files[name])))
+        except (ValueError, AttributeError):
+            pass
     info.variables = declared
     names = {v.name for v in declared}
     refs: list[str] = []
     for name, text in sorted(all_text.items()):
         if FAIL_PLAN_MARKER in text:
             info.fail_plan = True
-        if name.endswith(".tf.json"):
-            try:
-                ids = external_auth_ids_json(json.loads(text))
-            except ValueError:
-                ids = []
-        else:
-            ids = external_auth_ids_hcl(text)
+        try:
+            ids = (external_auth_ids_json(json.loads(text)) if name.endswith(".tf.json")
+                   else external_auth_ids_hcl(roots.get(name) or parse(text, name)))
+        except ValueError:  # a module's file that does not parse: the plan would fail on it first
+            ids = []
         info.external_auth += [i for i in ids if i not in info.external_auth]
-    for name, text in info.files.items():
-        if name.endswith(".tf"):
-            for ref in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", _strip_comments(text)):
-                if ref not in names and ref not in refs:
-                    refs.append(ref)
+    for root in roots.values():
+        for ref in re.findall(r"\bvar\.([A-Za-z_][A-Za-z0-9_-]*)", "\n".join(_expressions(root))):
+            if ref not in names and ref not in refs:
+                refs.append(ref)
     info.undeclared = refs
     if not info.files and info.job_error is None:
         info.job_error = "template import provision for start: terraform plan: No configuration files"

@@ -25,7 +25,7 @@ from fakes.coderd_common import (
     rfc3339,
     validation_failed,
 )
-from jobs.validation import coderd_password_error
+from jobs import validation
 
 if TYPE_CHECKING:  # pragma: no cover
     from fakes.coderd import Ctx, FakeCoderd
@@ -441,3 +441,23 @@ def _email_errors(email: str) -> list[tuple[str, str, Any]]:
     if not email:
         return [("email", "required", "")]
     return [] if email_valid(email) else [("email", "email", email)]
+
+
+def coderd_password_error(password: str) -> str | None:
+    """coderd's own error text for a password it refuses, or None (jobs/validation.py has the rule)."""
+    if validation.password_entropy(password) < validation.MIN_PASSWORD_ENTROPY:
+        classes = validation.PASSWORD_CLASSES
+        present = {c for c in classes if any(ch in c for ch in password)}
+        tips = []
+        if not {classes[0], classes[1], classes[2]} <= present:
+            tips.append("including more special characters")
+        for cls, tip in ((classes[3], "using lowercase letters"), (classes[4], "using uppercase letters"),
+                         (classes[5], "using numbers")):
+            if cls not in present:
+                tips.append(tip)
+        if tips:
+            return f"insecure password, try {', '.join(tips)} or using a longer password"
+        return "insecure password, try using a longer password"
+    if len(password.encode()) > validation.MAX_PASSWORD_BYTES:
+        return f"password must be no more than {validation.MAX_PASSWORD_BYTES} characters"
+    return None

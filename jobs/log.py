@@ -246,17 +246,6 @@ class Console:
         return [prefix + head, " " * used + row]
 
 
-def render_console(events: Iterable[Mapping[str, Any]], *, width: int | None = None, times: bool = True) -> list[str]:
-    """Lines as a terminal shows these (already redacted) events, e.g. ones parsed from a JSON log."""
-    console = Console(width=width, times=times)
-    lines: list[str] = []
-    for event in events:
-        if not console.is_bulk(event):
-            lines += console.flush()
-        lines += console.render(event)
-    return lines + console.flush()
-
-
 class _ConsoleProcessor:
     def __init__(self, console: Console, out: TextIO) -> None:
         self.console, self.out = console, out

@@ -98,13 +98,13 @@ class WorkspaceBuild(CoderModel):
 class Workspace(CoderModel):
     id: str
     name: str
+    latest_build: WorkspaceBuild
     owner_name: str
     owner_id: str = ""
     template_name: str = ""
     last_used_at: datetime | None = None
     autostart_schedule: str | None = None
     dormant_at: datetime | None = None
-    latest_build: WorkspaceBuild
 
     @property
     def last_used(self) -> datetime | None:

@@ -40,6 +40,7 @@ from jobs.log import summary as log_summary
 from jobs.models import Workspace
 from jobs.plan import Action, Plan, log_action, report
 from jobs.reap_plan import (
+    WORKSPACE_ID_LABEL,
     Candidate,
     Cluster,
     Orphan,
@@ -55,7 +56,6 @@ from jobs.reap_rules import Policy
 from jobs.settings import ReapSettings
 
 WORKSPACE_SELECTOR = "app.kubernetes.io/name=coder-workspace"
-WORKSPACE_ID_LABEL = "com.coder.workspace.id"
 # RBAC cannot filter by label, so the reaper's Role grants list/delete on every Secret of the
 # workspace namespace; this selector (and the exact name check in reap_plan) keeps it to the
 # templates' credentials Secrets. Only their metadata is ever read (kube.list_secret_metadata).

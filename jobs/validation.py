@@ -1,5 +1,8 @@
 """coderd's own input rules, one implementation shared by the jobs and the coderd fake.
 
+The jobs check the first admin's username, real name, email and password, and EXTERNAL_AUTH_ID
+(a name); the fake answers with coderd's own error texts (fakes/coderd_users.py), built on these.
+
 Only the first-user path runs these before sending (bootstrap-admin creating the owner): a job
 that logs in as an existing admin lets coderd judge the credentials, because a local rule that
 disagreed with coderd would lock that admin out of every job.
@@ -125,7 +128,8 @@ def _net_mail_addr_spec(value: str) -> bool:
 MIN_PASSWORD_ENTROPY = 52.0
 MAX_PASSWORD_BYTES = 64
 
-_CLASSES = (  # go-password-validator's character classes, in the order it tests them
+PASSWORD_CLASSES = (  # go-password-validator's character classes, in the order it tests them (the fake's
+    # error text names the missing ones)
     "!@$&*",
     "_-., ",
     "\"#%'()+/:;<=>?[\\]^{|}~",
@@ -141,7 +145,7 @@ def _password_base(password: str) -> int:
     present: set[str] = set()
     base = 0
     for ch in set(password):
-        cls = next((c for c in _CLASSES if ch in c), None)
+        cls = next((c for c in PASSWORD_CLASSES if ch in c), None)
         if cls is None:
             base += 1
         else:
@@ -209,25 +213,6 @@ def password_entropy(password: str) -> float:
     for _ in range(_password_length(password)):  # summed, not multiplied, like the Go code
         total += step
     return total
-
-
-def coderd_password_error(password: str) -> str | None:
-    """coderd's own error text for a password it refuses (what the fake answers), or None."""
-    if password_entropy(password) < MIN_PASSWORD_ENTROPY:
-        present = {c for c in _CLASSES if any(ch in c for ch in password)}
-        tips = []
-        if not {_CLASSES[0], _CLASSES[1], _CLASSES[2]} <= present:
-            tips.append("including more special characters")
-        for cls, tip in ((_CLASSES[3], "using lowercase letters"), (_CLASSES[4], "using uppercase letters"),
-                         (_CLASSES[5], "using numbers")):
-            if cls not in present:
-                tips.append(tip)
-        if tips:
-            return f"insecure password, try {', '.join(tips)} or using a longer password"
-        return "insecure password, try using a longer password"
-    if len(password.encode()) > MAX_PASSWORD_BYTES:
-        return f"password must be no more than {MAX_PASSWORD_BYTES} characters"
-    return None
 
 
 def password_problem(password: str) -> str | None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from fakes.coderd import FakeCoderd
-from jobs.validation import coderd_password_error as validate
+from fakes.coderd_users import coderd_password_error as validate
 from jobs.validation import password_entropy as entropy
 
 STRONG = "MyP4ssw0rd!"
@@ -64,7 +64,8 @@ def test_date_header_follows_clock_offset(fake):
     assert abs((served - datetime.now(UTC)).total_seconds() - 3 * 86400) < 5
 
 
-# -- password entropy (jobs/validation.py, shared with the jobs; every vector: test_validation.py) --
+# -- password entropy (jobs/validation.py, shared with the jobs; every vector: test_validation.py) and
+# the fake's error text (fakes/coderd_users.py) --
 @pytest.mark.parametrize(
     "password,ok",
     [("password123", False), ("Coder123!", False), (STRONG, True), ("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", False),

@@ -27,7 +27,7 @@ def logs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def demo(logs):
-    proc = subprocess.run([sys.executable, "-m", "fakes.demo", "--logs", str(logs)], cwd=REPO, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "demo", "--logs", str(logs)], cwd=REPO, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -90,7 +90,7 @@ def demo_with_path(tmp_path, *tools: str) -> subprocess.CompletedProcess:
     bin_dir.mkdir()
     for tool in tools:
         (bin_dir / tool).symlink_to(shutil.which(tool))
-    return subprocess.run([sys.executable, "-m", "fakes.demo"], cwd=REPO, capture_output=True, text=True, timeout=60,
+    return subprocess.run([sys.executable, "-m", "demo"], cwd=REPO, capture_output=True, text=True, timeout=60,
                           env={"PATH": str(bin_dir), "HOME": str(tmp_path)})
 
 
@@ -124,7 +124,7 @@ class StillBuilding:
 
 
 def test_while_the_build_runs_a_line_says_it_is_still_building_and_for_how_long():
-    from fakes.demo import PROGRESS_EVERY_S, KubeBuild
+    from demo.lifecycle import PROGRESS_EVERY_S, KubeBuild
 
     future = StillBuilding(polls=3)
     clock = iter([15.0, 30.0, 45.0])
@@ -138,7 +138,7 @@ def test_while_the_build_runs_a_line_says_it_is_still_building_and_for_how_long(
 def test_a_failed_build_wait_raises_what_the_build_raised():
     from concurrent.futures import Future
 
-    from fakes.demo import KubeBuild
+    from demo.lifecycle import KubeBuild
 
     future: Future = Future()
     future.set_exception(RuntimeError("building k8s failed: no space left"))
@@ -151,7 +151,7 @@ def test_the_coder_steps_run_while_the_kubernetes_build_is_still_going(monkeypat
     """A build that has not finished when steps 1-5 are done: they ran anyway, then the demo waits."""
     from concurrent.futures import Future
 
-    import fakes.demo as demo_module
+    import demo.lifecycle as demo_module
 
     future: Future = Future()  # never done on its own
     seen_before_done: list[str] = []

@@ -21,7 +21,7 @@ LOCK = IMAGES / "requirements.lock"
 BUILD_LOCK = IMAGES / "build-requirements.lock"
 TEST_LOCK = ROOT / "tests" / "requirements.lock"
 # What the package declares in pyproject.toml [project.dependencies].
-RUNTIME_ROOTS = ("httpx", "tenacity", "pydantic", "pydantic-settings", "structlog", "kubernetes", "PyYAML")
+RUNTIME_ROOTS = ("httpx", "tenacity", "pydantic", "pydantic-settings", "structlog", "kubernetes", "PyYAML", "python-hcl2")
 TARGET_ENV = {"python_version": "3.11", "python_full_version": "3.11.0", "sys_platform": "linux",
               "platform_system": "Linux", "os_name": "posix", "implementation_name": "cpython",
               "platform_python_implementation": "CPython", "platform_machine": "x86_64", "extra": ""}

@@ -161,3 +161,109 @@ def test_there_is_one_plan_and_one_action_class():
 def test_the_pure_reap_plan_needs_no_client():
     assert not {"jobs.coder", "jobs.kube"} & {n.module for n in tree(JOBS / "reap_plan.py").body
                                                if isinstance(n, ast.ImportFrom)}
+
+
+# ---------------------------------------------------------------------------- jobs/ holds only what the jobs run
+
+ROOT = JOBS.parent
+ENTRY_POINTS = ("jobs.__main__", "jobs.cli")  # `python -m jobs` and pyproject's `coder-jobs` script
+
+
+def module_name(path: Path) -> str:
+    return ".".join(path.relative_to(ROOT).with_suffix("").parts).removesuffix(".__init__")
+
+
+def runtime_imports(path: Path) -> set[str]:
+    """Full names of the modules `path` imports when it runs: function bodies included,
+    `if TYPE_CHECKING:` blocks left out (only a type checker follows those)."""
+    names: set[str] = set()
+    todo: list[ast.AST] = [tree(path)]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            todo.extend(node.orelse)
+            continue
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)  # `from jobs import log`
+        todo.extend(ast.iter_child_nodes(node))
+    return names
+
+
+def graph(package: str) -> dict[str, set[str]]:
+    """Module -> the modules of the same package it imports (or names, as cli.py names the jobs)."""
+    paths = {module_name(p): p for p in sorted((ROOT / package).glob("*.py"))}
+    edges = {}
+    for name, path in paths.items():
+        named = runtime_imports(path) | {s for s in strings(path) if s in paths}
+        edges[name] = {m for m in named if m in paths and m != name}
+    return edges
+
+
+def imported_names(path: Path, package: str) -> set[tuple[str, str]]:
+    """(module, name) for every name `path` takes from `package`: `from jobs.m import x` and
+    `from jobs import m` ... `m.x`."""
+    found, aliases = set(), {}
+    for node in ast.walk(tree(path)):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(f"{package}."):
+            found.update((node.module, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module == package:
+            aliases.update({alias.asname or alias.name: f"{package}.{alias.name}" for alias in node.names})
+    for node in ast.walk(tree(path)):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            found.add((aliases[node.value.id], node.attr))
+    return found
+
+
+def uses_in_jobs(name: str) -> int:
+    """How often the jobs package mentions `name`, its own definition left out."""
+    count = 0
+    for path in MODULES:
+        for node in ast.walk(tree(path)):
+            count += (isinstance(node, ast.Name) and node.id == name) or (isinstance(node, ast.Attribute) and node.attr == name)
+    return count
+
+
+def test_every_jobs_module_is_run_by_some_job():
+    """Reachable from the entry points: no module of jobs/ is there only for the fake, the demo or the tests."""
+    edges = graph("jobs")
+    seen, todo = set(), [*ENTRY_POINTS, "jobs"]  # the package itself runs first
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(edges[name])
+    assert sorted(set(edges) - seen) == []
+
+
+@pytest.mark.parametrize("module", MODULES, ids=name)
+def test_jobs_imports_neither_the_fakes_nor_the_demo_nor_the_tests(module):
+    assert not {"fakes", "demo", "tests"} & imported(module)
+
+
+@pytest.mark.parametrize("user", sorted([*(ROOT / "fakes").glob("*.py"), *(ROOT / "demo").glob("*.py")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_what_the_fakes_and_the_demo_take_from_jobs_the_jobs_use_too(user):
+    """A function the fake alone calls (coderd's own password error text, the console rendering of a
+    JSON log for the demo) belongs to the fake or the demo, not to jobs/."""
+    only_theirs = [f"{module}.{taken}" for module, taken in sorted(imported_names(user, "jobs"))
+                   if taken != "*" and f"{module}.{taken}" not in graph("jobs") and uses_in_jobs(taken) == 0]
+    assert only_theirs == []
+
+
+@pytest.mark.parametrize("package", ["fakes", "demo"])
+def test_there_is_no_import_circle(package):
+    edges = graph(package)
+
+    def circle_from(start: str, path: tuple[str, ...]) -> tuple[str, ...] | None:
+        for nxt in sorted(edges[start]):
+            if nxt in path:
+                return (*path[path.index(nxt):], nxt)
+            found = circle_from(nxt, (*path, nxt))
+            if found:
+                return found
+        return None
+
+    assert [c for m in sorted(edges) if (c := circle_from(m, (m,)))] == []

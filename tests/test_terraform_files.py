@@ -65,8 +65,15 @@ variable "secret" {
     found = {v.name: v for v in facts({"main.tf": tf}).variables}
     assert {name: v.default for name, v in found.items()} == {
         "s": 'a "quoted" ${not} %{interp}', "n": "-2.5", "b": "true", "list": '["x","y","z"]',
-        "map": '{"a":[true,null],"b":1}', "text": "one\n  two\n", "required": None, "secret": ""}
+        "map": '{"a":[true,null],"b":1}', "text": "one\n  two\n", "required": None, "secret": None}
     assert found["secret"].sensitive and not found["s"].sensitive
+
+
+def test_a_null_default_is_no_default_as_terraform_config_inspect_reports_it():
+    """tfconfig turns `default = null` into a nil Default, and coderd marks a variable with a nil
+    Default required (provisioner/terraform/parse.go): the republisher must give it a value."""
+    found = facts({"main.tf": 'variable "a" {\n  default = null\n}\n'})
+    assert found.variables == (Variable("a", None),)
 
 
 def test_external_auth_ids_come_from_every_file_json_too_and_labels_do_not_count():
@@ -88,7 +95,10 @@ def test_variables_in_tf_json_at_the_top_level():
     ('variable "x" {\n  default = "unterminated\n}\n', "unterminated string"),
     ('variable "x" {\n  default = 1\n', "unclosed block"),
     ('variable "x" {\n  default = local.y\n}\n', "not a literal"),
-    ("}\n", "expected an argument or a block"),
+    ("}\n", "unexpected '}'"),
+    ('x = <<EOT\nno end\n', "unterminated heredoc <<EOT"),
+    ('x = 1\n/* no end\n', "unterminated comment"),
+    ('x = [1,\n2\ny = 3\n', "unexpected 'y'"),
 ])
 def test_what_it_cannot_read_is_an_error_naming_file_and_line(text, problem):
     with pytest.raises(HCLError, match=problem) as err:

@@ -32,8 +32,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from demo.console import render_console
 from fakes.coderd import FakeCoderd
-from jobs.log import human_seconds, render_console
+from jobs.log import human_seconds
 
 REPO = Path(__file__).resolve().parent.parent
 BOLD, DIM, RESET = ("\033[1m", "\033[2m", "\033[0m") if sys.stdout.isatty() else ("", "", "")
@@ -297,7 +298,3 @@ def _has(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
-
-
-if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))

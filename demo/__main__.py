@@ -1,0 +1,5 @@
+import sys
+
+from demo.lifecycle import main
+
+raise SystemExit(main(sys.argv[1:]))
