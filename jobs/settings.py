@@ -20,6 +20,7 @@ from jobs import reap_rules, validation
 from jobs.errors import ConfigError
 
 _T = TypeVar("_T")
+_UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _TOKEN = re.compile(r"^[A-Za-z0-9]+-[A-Za-z0-9]+$")
 
 
@@ -110,6 +111,17 @@ class CoderSettings(JobSettings):
     @classmethod
     def _url(cls, value: Any) -> Any:
         return _check(value, coder_url_problem(value))
+
+    @field_validator("coder_organization")
+    @classmethod
+    def _organization(cls, value: str) -> str:
+        # It goes into a URL path: a name coderd could never have (or a control character, which
+        # httpx refuses as an invalid URL) is bad input, not a lookup that fails later.
+        if _UUID.match(value):
+            return value
+        return _check(value, validation.username_problem(value) and
+                      "is neither an organization id nor a valid organization name (letters, digits and "
+                      "single inner hyphens, at most 32 characters)")
 
     @field_validator("coder_session_token")
     @classmethod

@@ -102,6 +102,22 @@ def test_the_external_auth_values_render_exactly_when_the_job_accepts_them(targe
                {path for path, var in named.items() if var in str(job)}
 
 
+ORGANIZATIONS = st.one_of(st.text(alphabet="aZ0-\x1f /", min_size=1, max_size=34),
+                         st.sampled_from(["default", "new", "0b6f3a52-6f0e-4cc4-9e0e-2d1c8e3f8a01", "0b6f3a52"]))
+
+
+@EXAMPLES
+@given(organization=ORGANIZATIONS)
+def test_the_organization_renders_exactly_when_the_jobs_accept_it(organization) -> None:
+    # It becomes a URL path segment: a control character once crashed the job inside httpx.
+    job = job_refuses(settings_mod.DoctorSettings, {**CODER, "coder_organization": organization,
+                                                    "templates_dir": "chart/files/coder-templates"})
+    chart = chart_refuses(deep_merge(BASE, {"coder": {"organization": organization}}))
+    assert (chart is None) == (job is None), f"chart: {chart}\njob: {job}"
+    if chart is not None:
+        assert "/coder/organization" in chart and "CODER_ORGANIZATION" in str(job)
+
+
 @pytest.mark.parametrize("values, says", [
     ({"reap": {"idleAfter": "1m"}}, 'reap.idleAfter "1m": shorter than 5m'),
     ({"reap": {"rules": [{"id": "a", "exempt": True}, {"id": "a", "idleAfter": "8h"}]}},
