@@ -5,6 +5,7 @@ only on a release (README: "What is verified here and what only runs on release"
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,3 +77,12 @@ def test_the_digest_reaches_the_values_files_through_a_pull_request(tmp_path: Pa
     for env in ("dev", "staging", "production"):
         assert yaml.safe_load((chart / f"values-{env}.yaml").read_text())["image"]["digest"] == digest
     assert any(str(s.get("uses", "")).startswith("peter-evans/create-pull-request") for s in steps("pin-digest"))
+
+
+def test_every_action_is_pinned_by_a_commit_sha_with_its_tag_beside_it() -> None:
+    """A tag can be moved under a workflow that may push and sign; a commit SHA cannot."""
+    uses = re.findall(r"^\s*(?:- )?uses:\s*(\S+)(.*)$", WORKFLOW.read_text(), re.M)
+    assert len(uses) >= 7
+    for action, comment in uses:
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", action), f"not pinned by a commit SHA: {action}"
+        assert re.match(r"\s+# v\d+\.\d+\.\d+\b", comment), f"{action}: no `# vX.Y.Z` naming the pinned release"
