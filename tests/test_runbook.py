@@ -6,10 +6,15 @@ from __future__ import annotations
 
 import re
 import subprocess
+import textwrap
 
 import pytest
 
 from tests.chart_helpers import ROOT, env_values, rendered
+from tests.conftest import CANARY_PASSWORD, assert_no_secret, run_job
+from tests.test_chart_install import admin_kubeconfig, crds
+
+__all__ = ["admin_kubeconfig", "crds"]  # fixtures shared with test_chart_install
 
 RUNBOOK = ROOT / "RUNBOOK.md"
 # ALL_CAPS names that look like ours (the jobs' prefixes).
@@ -145,16 +150,25 @@ def test_latest_run_leaves_dry_runs_out(kube, tmp_path, text: str) -> None:
 # ---------------------------------------------------------------- §3 (issue 20)
 
 def section_3(text: str) -> str:
-    return text[text.index("## 3."):text.index("## 4.")]
+    return text[text.index("## 3."):text.index("## 3a.")]
+
+
+def shell_blocks(section: str) -> list[str]:
+    return [textwrap.dedent(b) for b in re.findall(r"```sh\n(.*?)```", section, re.S)]
+
+
+IN_CODERD_POD = "kubectl -n coder exec -it deploy/coder -- "
 
 
 def test_section_3_takes_the_admin_from_the_values_and_makes_a_token_that_lasts(text: str) -> None:
     s3 = section_3(text)
-    assert "ameide-admin" not in s3 and 'coder reset-password "$ADMIN"' in s3
-    assert '[?(@.name=="CODER_ADMIN_USERNAME")]' in s3
-    assert s3.index("coder login") < s3.index("coder tokens create")
-    assert re.search(r"coder tokens create .*--lifetime \d+h", s3)
+    assert "ameide-admin" not in text
+    assert 'coder reset-password "$ADMIN"' in s3 and '[?(@.name=="CODER_ADMIN_USERNAME")]' in s3
+    assert "coder login" not in s3 and "coder tokens" not in s3  # the CLI cannot log in without a browser
     assert "by **email only**" in s3 and "username *or* email" not in s3
+    # Only the password reset needs coderd's pod (it writes to the database), and the text says so.
+    in_pod = [b for b in shell_blocks(s3) if IN_CODERD_POD in b]
+    assert len(in_pod) == 1 and "inside coderd's pod" in s3
 
 
 def test_the_username_in_section_3_is_read_from_where_the_chart_writes_it(text: str) -> None:
@@ -165,3 +179,150 @@ def test_the_username_in_section_3_is_read_from_where_the_chart_writes_it(text: 
     cronjob = rendered(values).get("CronJob", f"{RELEASE}-bootstrap-admin")
     assert cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["env"]
     assert env_of(cronjob)["CODER_ADMIN_USERNAME"]["value"] == "someone"
+
+
+ADMIN_EMAIL = "ops-admin@example.com"
+STALE_TOKEN = "Zz9Zz9Zz9Z-stalestalestalestalesta"
+
+
+def section_3_cluster(kube, coder_url: str) -> None:
+    """Namespace coder as the dev render leaves it, coderd at `coder_url`: the CronJobs §3 reads and
+    starts, and their Secret with the right password and a token coderd no longer knows."""
+    from tests.chart_helpers import RELEASE, deep_merge, env_values, rendered
+
+    values = deep_merge(env_values("dev"), {"coder": {"url": coder_url, "admin": {"email": ADMIN_EMAIL}}})
+    render = rendered(values)
+    kube.ensure_namespace("coder")
+    for job_name in ("bootstrap-admin", "doctor", "republish-templates"):
+        kube.put("cronjob", "coder", render.get("CronJob", f"{RELEASE}-{job_name}"))
+    kube.put("secret", "coder", {"metadata": {"name": "coder-bootstrap-admin"},
+                                 "stringData": {"password": CANARY_PASSWORD, "session-token": STALE_TOKEN}})
+
+
+def run_blocks(kube, tmp_path, script: str, *, coder_url: str = "", stdin: str = ""):
+    """`script` in bash as a person pastes it: kubectl against the test's API server as namespace
+    coder's admin, and CODER_URL set as §3 asks."""
+    from tests.kube.server import BIN
+
+    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(tmp_path),
+           "KUBECONFIG": kube.kubeconfig(tmp_path / "kc", namespace="coder", direct=True)}
+    if coder_url:
+        env["CODER_URL"] = coder_url
+    return subprocess.run(["bash", "-c", script], input=stdin, env=env, capture_output=True, text=True, timeout=120)
+
+
+def run_as_the_job_controller(kube, job_obj: dict):
+    """What the Job controller and kubelet would do with a Job (or a CronJob's template): run its
+    container's command with its env, Secret references resolved from the Secret as it is now, and
+    the templates volume (the chart's ConfigMaps of chart/files/coder-templates) at TEMPLATES_DIR."""
+    from tests.chart_helpers import env_of, subcommand
+    from tests.conftest import TEMPLATES_DIR
+
+    env = {}
+    for var, spec in env_of(job_obj).items():
+        if "value" in spec:
+            env[var] = spec["value"]
+        elif "secretKeyRef" in spec.get("valueFrom", {}):
+            ref = spec["valueFrom"]["secretKeyRef"]
+            value = (kube.secret_data("coder", ref["name"]) or {}).get(ref["key"])
+            if value is not None:
+                env[var] = value
+    if "TEMPLATES_DIR" in env:
+        env["TEMPLATES_DIR"] = str(TEMPLATES_DIR)
+    return run_job(subcommand(job_obj), env=env), env
+
+
+def jobs_from(kube, cronjob: str) -> list[str]:
+    return sorted(j["metadata"]["name"] for j in kube.objects("job", "coder")
+                  if j["metadata"]["name"].startswith(f"{cronjob}-manual-"))
+
+
+def test_section_3_makes_a_token_through_coderds_api_and_the_job_then_runs_with_it(kube, coderd, tmp_path, text) -> None:
+    """The token blocks of §3, run as written against the coderd fake (CODER_URL, the one placeholder)
+    and the real API server: a login, a token of a year, the login ended, the token in the Secret
+    key the CronJob reads; the Job they start succeeds with that token and never logs in."""
+    from tests.chart_helpers import RELEASE
+
+    coderd.create_user("ameide-admin", ADMIN_EMAIL, password=CANARY_PASSWORD)
+    section_3_cluster(kube, coderd.url)
+    # The templates are published (by a run that fell back to the password), so doctor sees no drift.
+    published, _ = run_as_the_job_controller(kube, kube.get_object("cronjob", "coder", f"{RELEASE}-republish-templates"))
+    assert published.rc == 0 and published.find("refused CODER_SESSION_TOKEN"), published.output
+    coderd.clear_log()
+
+    s3 = section_3(text)
+    token_blocks = shell_blocks(s3[s3.index("refused CODER_SESSION_TOKEN"):])
+    assert len(token_blocks) == 3
+    r = run_blocks(kube, tmp_path, "\n".join(token_blocks), coder_url=coderd.url, stdin=CANARY_PASSWORD + "\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "token created; it lasts 8760h" in r.stdout
+    token = kube.secret_data("coder", "coder-bootstrap-admin")["session-token"]
+    assert token != STALE_TOKEN and kube.secret_data("coder", "coder-bootstrap-admin")["password"] == CANARY_PASSWORD
+    for secret in (CANARY_PASSWORD, token):
+        assert secret not in r.stdout + r.stderr
+    # coderd: one token of exactly a year, named for the jobs; the runbook's login session is ended.
+    [record] = [k for k in coderd.keys.values() if k["login_type"] == "token"]
+    assert token.startswith(record["id"] + "-")
+    assert record["lifetime_seconds"] == 8760 * 3600 and record["token_name"].startswith("coder-jobs-")
+    assert len(coderd.requests("POST", r"/users/login$")) == len(coderd.requests("POST", r"/users/logout$")) == 1
+
+    [job_name] = jobs_from(kube, f"{RELEASE}-doctor")
+    coderd.clear_log()
+    result, env = run_as_the_job_controller(kube, kube.get_object("job", "coder", job_name))
+    assert env["CODER_SESSION_TOKEN"] == token
+    assert result.rc == 0, result.output
+    assert coderd.requests("POST", r"/users/login$") == []  # the token was used; no fallback to the password
+    assert not result.find("refused CODER_SESSION_TOKEN")
+    assert_no_secret(result, CANARY_PASSWORD, token)
+
+
+def test_section_3_refuses_a_lifetime_above_coderds_maximum_by_asking_for_the_maximum(kube, coderd, tmp_path,
+                                                                                      text) -> None:
+    """Where CODER_MAX_TOKEN_LIFETIME is shorter than a year, the token gets coderd's maximum."""
+    coderd.create_user("ameide-admin", ADMIN_EMAIL, password=CANARY_PASSWORD)
+    coderd.max_token_lifetime_s = 720 * 3600
+    section_3_cluster(kube, coderd.url)
+    s3 = section_3(text)
+    r = run_blocks(kube, tmp_path, "\n".join(shell_blocks(s3[s3.index("refused CODER_SESSION_TOKEN"):])),
+                   coder_url=coderd.url, stdin=CANARY_PASSWORD + "\n")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "it lasts 720h" in r.stdout
+
+
+def test_section_3_stores_nothing_when_the_password_is_wrong(kube, coderd, tmp_path, text) -> None:
+    coderd.create_user("ameide-admin", ADMIN_EMAIL, password=CANARY_PASSWORD)
+    section_3_cluster(kube, coderd.url)
+    s3 = section_3(text)
+    r = run_blocks(kube, tmp_path, "\n".join(shell_blocks(s3[s3.index("refused CODER_SESSION_TOKEN"):])),
+                   coder_url=coderd.url, stdin="not-the-password\n")
+    assert "no token: step 2 failed; nothing stored" in r.stderr
+    assert "not-the-password" not in r.stdout + r.stderr
+    assert kube.secret_data("coder", "coder-bootstrap-admin")["session-token"] == STALE_TOKEN
+    assert kube.objects("job", "coder") == []
+
+
+def test_section_3_password_steps_run_as_written_but_the_one_in_coderds_pod(kube, crds, tmp_path, text) -> None:
+    """The force-sync and the verify run against the real API server as written; the reset in
+    coderd's pod is the one block left out (it needs coderd's database)."""
+    from tests.chart_helpers import RELEASE
+
+    es_api = "/apis/external-secrets.io/v1/namespaces/coder/externalsecrets"
+    section_3_cluster(kube, "http://coder.coder.svc.cluster.local")
+    kube.http.delete(f"{es_api}/coder-bootstrap-admin")
+    created = kube.http.post(es_api, json={
+        "apiVersion": "external-secrets.io/v1", "kind": "ExternalSecret", "metadata": {"name": "coder-bootstrap-admin"},
+        "spec": {"secretStoreRef": {"name": "vault", "kind": "ClusterSecretStore"},
+                 "target": {"name": "coder-bootstrap-admin"},
+                 "data": [{"secretKey": "password", "remoteRef": {"key": "coder-bootstrap-admin-password"}}]}})
+    assert created.status_code == 201, created.text
+    try:
+        s3 = section_3(text)
+        blocks = [b for b in shell_blocks(s3[:s3.index("refused CODER_SESSION_TOKEN")]) if IN_CODERD_POD not in b]
+        assert len(blocks) == 2
+        r = run_blocks(kube, tmp_path, "\n".join(blocks))
+        assert r.returncode == 0, r.stdout + r.stderr
+        es = kube.http.get(f"{es_api}/coder-bootstrap-admin").json()
+        assert es["metadata"]["annotations"]["force-sync"].isdigit()
+        assert len(jobs_from(kube, f"{RELEASE}-bootstrap-admin")) == 1
+    finally:
+        kube.http.delete(f"{es_api}/coder-bootstrap-admin")
