@@ -200,6 +200,16 @@ def pytest_collection_finish(session):
 
         for line in prepare.prepare_node():
             _report("node-prepare-" + line.split(":")[0].replace(" ", "-"), line)
+    if "coder_provider" in needs and shutil.which("go"):
+        from tests.kube import server
+
+        try:
+            built = server.build(only=("coder-provider",))
+        except RuntimeError:
+            pass  # the fixture tries again and says why
+        else:
+            if built.built:
+                _report("coder-provider-build", f"coder Terraform provider build (cold or changed): {built.describe()}")
     if "kube_apiserver" in needs or "node" in needs:
         from tests.kube import server
 

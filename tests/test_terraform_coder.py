@@ -1,9 +1,11 @@
-"""The templates through real Terraform with the real coder provider, where both are available.
+"""The templates through real Terraform with the real coder provider.
 
-Terraform (on PATH) and a `terraform-provider-coder` binary built with
-`go install github.com/coder/terraform-provider-coder/v2@v2.20.0` (found at $CODER_PROVIDER_BINARY,
-or in $GOBIN / $GOPATH/bin / ~/go/bin) are enough for everything the coder provider alone can
-check. The hashicorp/kubernetes provider and the registry code-server module cannot be fetched
+Terraform (on PATH) and a `terraform-provider-coder` binary are enough for everything the coder
+provider alone can check. The provider is built by `./dev test`'s build step with
+`go install github.com/coder/terraform-provider-coder/v2@v2.20.0` into .cache/kube/bin
+(tests/kube/server.py, step `coder-provider`; $CODER_PROVIDER_BINARY overrides it). Terraform itself
+cannot come from the Go module proxy (its go.mod has replace directives), so it must be on PATH.
+Where either is missing the tests skip with the reason; with CI=true that is a failure. The hashicorp/kubernetes provider and the registry code-server module cannot be fetched
 here (loopback-only network; the provider's v2 releases are not on the Go module proxy), so each
 template runs as a harness: the template's own root variables, module call and workspace module,
 minus the kubernetes_* resources and the registry module, plus outputs of what the Deployment is
@@ -29,12 +31,13 @@ from typing import Any
 
 import pytest
 
+from tests.kube import server
 from tests.tf_text import block_text, without_blocks
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 TEMPLATES_DIR = REPO_ROOT / "chart" / "files" / "coder-templates"
 MODULE = Path("modules") / "workspace"
-PROVIDER_VERSION = "2.20.0"
+PROVIDER_VERSION = server.CODER_PROVIDER_VERSION.removeprefix("v")
 WORKSPACE_ID = "5c7a3b0e-2f4d-4c61-9a57-0d6f1e2b3c4d"
 GITHUB_CANARY = "gho_TemplateCanary0000000000000000000000"
 TOKEN_A = "11111111-aaaa-4aaa-8aaa-canary-token-A"
@@ -44,24 +47,46 @@ TOKEN_B = "22222222-bbbb-4bbb-8bbb-canary-token-B"
 TOKEN_ENV = "CODER_RUNNING_WORKSPACE_AGENT_TOKEN_" + hashlib.sha256(b"").hexdigest()
 
 
-def _provider_binary() -> Path | None:
-    gopath = Path(os.environ.get("GOPATH") or "~/go").expanduser()
-    for candidate in (os.environ.get("CODER_PROVIDER_BINARY"),
-                      os.environ.get("GOBIN") and str(Path(os.environ["GOBIN"]) / "terraform-provider-coder"),
-                      str(gopath / "bin" / "terraform-provider-coder")):
-        if candidate and Path(candidate).is_file() and os.access(candidate, os.X_OK):
-            return Path(candidate)
-    return None
-
-
 TERRAFORM = shutil.which("terraform")
-PROVIDER = _provider_binary()
-pytestmark = pytest.mark.skipif(
-    TERRAFORM is None or PROVIDER is None,
-    reason=("needs terraform on PATH and the coder provider binary "
-            "(go install github.com/coder/terraform-provider-coder/v2@v2.20.0; or set CODER_PROVIDER_BINARY): "
-            f"terraform={'found' if TERRAFORM else 'missing'}, provider={'found' if PROVIDER else 'missing'}"),
-)
+
+
+def _provider_binary() -> tuple[Path | None, str]:
+    """The provider and, when there is none, why: $CODER_PROVIDER_BINARY, else the one the build
+    step makes (tests/kube/server.py, step `coder-provider`: cached, so this only finds it after
+    `./dev test`'s build or pytest's collection), else one in $GOBIN / $GOPATH/bin / ~/go/bin."""
+    if os.environ.get("CODER_PROVIDER_BINARY"):
+        given = Path(os.environ["CODER_PROVIDER_BINARY"])
+        return (given, "") if given.is_file() and os.access(given, os.X_OK) else (None, f"CODER_PROVIDER_BINARY={given} is not an executable")
+    why = "go is not on PATH"
+    if shutil.which("go"):
+        try:
+            server.build(only=("coder-provider",))
+            return server.BIN / "terraform-provider-coder", ""
+        except RuntimeError as exc:
+            why = str(exc)
+    gopath = Path(os.environ.get("GOPATH") or "~/go").expanduser()
+    for candidate in (os.environ.get("GOBIN") and Path(os.environ["GOBIN"]) / "terraform-provider-coder",
+                      gopath / "bin" / "terraform-provider-coder"):
+        if candidate and candidate.is_file() and os.access(candidate, os.X_OK):
+            return candidate, ""
+    return None, f"the coder provider could not be built ({why})"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def coder_provider() -> Path:
+    """The coder provider binary, and terraform on PATH. Where either is missing these tests skip
+    with the reason, except in CI, where that is a failure (like the node tests)."""
+    provider, why = _provider_binary()
+    missing = [why] if provider is None else []
+    if TERRAFORM is None:
+        missing.append("terraform is not on PATH (it cannot come from the Go module proxy: `go install "
+                       "github.com/hashicorp/terraform@v1.11.4` refuses a go.mod with replace directives; "
+                       "install HashiCorp's release binary)")
+    if missing:
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI must run the templates through Terraform: " + "; ".join(missing))
+        pytest.skip("; ".join(missing))
+    return provider  # type: ignore[return-value]
 
 
 # -- the harness ---------------------------------------------------------------------------------
@@ -191,12 +216,12 @@ class Terraform:
 
 
 @pytest.fixture(scope="module")
-def mirror(tmp_path_factory) -> Path:
+def mirror(tmp_path_factory, coder_provider: Path) -> Path:
     """A filesystem mirror holding only the coder provider, and a CLI config that uses only it."""
     root = tmp_path_factory.mktemp("tf-mirror")
     target = root / "mirror" / "registry.terraform.io" / "coder" / "coder" / PROVIDER_VERSION / "linux_amd64"
     target.mkdir(parents=True)
-    shutil.copy(PROVIDER, target / f"terraform-provider-coder_v{PROVIDER_VERSION}")
+    shutil.copy(coder_provider, target / f"terraform-provider-coder_v{PROVIDER_VERSION}")
     (root / "cli.tfrc").write_text(
         'provider_installation {\n  filesystem_mirror {\n    path    = "%s"\n    include = ["registry.terraform.io/coder/coder"]\n  }\n}\n'
         % (root / "mirror"))
@@ -211,11 +236,11 @@ def tf(request, mirror, tmp_path_factory) -> Terraform:
     return terraform
 
 
-def test_the_provider_binary_is_the_pinned_release():
+def test_the_provider_binary_is_the_pinned_release(coder_provider: Path):
     go = shutil.which("go")
     if go is None:
         pytest.skip("go not on PATH: cannot read the provider binary's module version")
-    info = subprocess.run([go, "version", "-m", str(PROVIDER)], capture_output=True, text=True, timeout=60).stdout
+    info = subprocess.run([go, "version", "-m", str(coder_provider)], capture_output=True, text=True, timeout=60).stdout
     assert re.search(r"mod\s+github\.com/coder/terraform-provider-coder/v2\s+v" + re.escape(PROVIDER_VERSION), info), info
 
 

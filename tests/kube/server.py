@@ -44,6 +44,9 @@ KUBE_LDFLAGS = " ".join(
 )
 
 HELM_VERSION = "v3.18.6"
+# The Terraform provider coder/coder the templates are written for (tests/test_terraform_coder.py;
+# ../shared/terraform/providers-schema.json was generated from the same release).
+CODER_PROVIDER_VERSION = "v2.20.0"
 
 MODULES: dict[str, tuple[str | None, list[str], list[str], str]] = {
     # build step -> (module folder, packages, binaries, ldflags)
@@ -56,6 +59,11 @@ MODULES: dict[str, tuple[str | None, list[str], list[str], str]] = {
     # installed at an exact version from the Go module proxy (no module folder here).
     "helm": (None, [f"helm.sh/helm/v3/cmd/helm@{HELM_VERSION}"], ["helm"],
              f"-X helm.sh/helm/v3/internal/version.version={HELM_VERSION}"),
+    # The coder provider, for the templates run through real Terraform; the module's root package
+    # is the provider's main, so `go install` at the release gives the binary Terraform's registry
+    # ships (its version comes from the module, which `go version -m` shows).
+    "coder-provider": (None, [f"github.com/coder/terraform-provider-coder/v2@{CODER_PROVIDER_VERSION}"],
+                       ["terraform-provider-coder"], ""),
 }
 
 
@@ -127,7 +135,7 @@ def build(only: tuple[str, ...] | None = None) -> BuildReport:
                 cmd.append(f"-ldflags={ldflags}")
             proc = subprocess.run([*cmd, *packages], cwd=cwd, env=env, capture_output=True, text=True)
             if proc.returncode != 0:
-                raise RuntimeError(f"building {module} failed:\n{proc.stderr[-4000:]}")
+                raise RuntimeError(f"building {step} failed:\n{proc.stderr[-4000:]}")
             stamp.write_text(fp)
             report.built += binaries
     report.seconds = time.monotonic() - started
@@ -304,6 +312,6 @@ class KubeAPIServer:
 if __name__ == "__main__":
     # `./dev test` builds first, so the suite's time is the tests' own (a cold build takes minutes).
     try:
-        print(f"Kubernetes binaries, etcd and helm: {build().describe()}", flush=True)
+        print(f"Kubernetes binaries, etcd, helm and the coder Terraform provider: {build().describe()}", flush=True)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"cannot build the real kube-apiserver: {exc}") from None
