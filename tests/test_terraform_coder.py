@@ -4,9 +4,11 @@ Terraform (on PATH) and a `terraform-provider-coder` binary are enough for every
 provider alone can check. The provider is built by `./dev test`'s build step with
 `go install github.com/coder/terraform-provider-coder/v2@v2.20.0` into .cache/kube/bin
 (tests/kube/server.py, step `coder-provider`; $CODER_PROVIDER_BINARY overrides it). Terraform itself
-cannot come from the Go module proxy (its go.mod has replace directives), so it must be on PATH.
-Where either is missing the tests skip with the reason; with CI=true that is a failure. The hashicorp/kubernetes provider and the registry code-server module cannot be fetched
-here (loopback-only network; the provider's v2 releases are not on the Go module proxy), so each
+cannot be `go install`ed (its go.mod has replace directives), so it must be on PATH. Where either
+is missing the tests skip with the reason; with CI=true that is a failure.
+
+The hashicorp/kubernetes provider and the registry code-server module cannot be fetched here
+(loopback-only network; the provider's v2 releases are not on the Go module proxy), so each
 template runs as a harness: the template's own root variables, module call and workspace module,
 minus the kubernetes_* resources and the registry module, plus outputs of what the Deployment is
 built from. The provider is installed from a filesystem mirror in a temporary CLI configuration:
@@ -56,7 +58,9 @@ def _provider_binary() -> tuple[Path | None, str]:
     `./dev test`'s build or pytest's collection), else one in $GOBIN / $GOPATH/bin / ~/go/bin."""
     if os.environ.get("CODER_PROVIDER_BINARY"):
         given = Path(os.environ["CODER_PROVIDER_BINARY"])
-        return (given, "") if given.is_file() and os.access(given, os.X_OK) else (None, f"CODER_PROVIDER_BINARY={given} is not an executable")
+        if given.is_file() and os.access(given, os.X_OK):
+            return given, ""
+        return None, f"CODER_PROVIDER_BINARY={given} is not an executable"
     why = "go is not on PATH"
     if shutil.which("go"):
         try:
@@ -79,7 +83,7 @@ def coder_provider() -> Path:
     provider, why = _provider_binary()
     missing = [why] if provider is None else []
     if TERRAFORM is None:
-        missing.append("terraform is not on PATH (it cannot come from the Go module proxy: `go install "
+        missing.append("terraform is not on PATH (it cannot be installed from the Go module proxy: `go install "
                        "github.com/hashicorp/terraform@v1.11.4` refuses a go.mod with replace directives; "
                        "install HashiCorp's release binary)")
     if missing:
