@@ -159,8 +159,9 @@ def credentials_rejected_message(url: str, coderd_said: str, token_refused: str 
 def token_rejected_message(url: str, coderd_said: str) -> str:
     """coderd refused CODER_SESSION_TOKEN (there is no password to log in with instead)."""
     return (f"coderd at {url} refused CODER_SESSION_TOKEN (coderd: {coderd_said}): it expired, was revoked, or "
-            "belongs to a database that was reset. Create a new token (`coder tokens create`) and put it in the "
-            f"Secret, or unset it so the jobs log in with CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (see {RUNBOOK_CREDENTIALS})")
+            "belongs to a database that was reset. Create a new token with an explicit lifetime and put it in the "
+            f"Secret, or unset it so the jobs log in with "
+            f"CODER_ADMIN_EMAIL/CODER_ADMIN_PASSWORD (the steps: {RUNBOOK_CREDENTIALS})")
 
 
 def session_refused_message(url: str, method: str, path: str, coderd_said: str) -> str:
