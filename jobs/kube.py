@@ -1,10 +1,13 @@
 """The one Kubernetes helper module: a dedicated ApiClient, the namespace, and small typed calls.
 
-Only jobs that talk to Kubernetes import this module (and with it the `kubernetes` package);
-`jobs.cli` imports job modules lazily, so bootstrap-admin and friends never pay for it.
+The official `kubernetes` client gives us configuration (in-cluster or kubeconfig, token refresh)
+and transport (`ApiClient.call_api`: TLS, auth headers, urllib3's pool and retries). The calls
+themselves are plain paths with JSON bodies, parsed here into small typed values: the client's
+typed `CoreV1Api`/`AppsV1Api` classes build a pydantic validator for each of their methods at
+import, which tripled a job's start-up CPU (benchmarks/KUBE_CLIENT.md).
 
 Error policy, shared by every helper:
-* an `ApiException` becomes a `KubeAPIError` (a `JobError`, exit 1) carrying the HTTP status, the
+* a non-2xx answer becomes a `KubeAPIError` (a `JobError`, exit 1) carrying the HTTP status, the
   Status `reason` and the Status `message` from the response. Never the request body (it may hold
   Secret data), never the raw response body or headers;
 * safe reads (GET/list) are retried a few times on connection errors and 5xx, with backoff
@@ -12,7 +15,7 @@ Error policy, shared by every helper:
   client's default `Retry(3)`) still repeats GET/PUT/DELETE on 429/503 carrying Retry-After and
   re-tries failed connects: both are safe;
 * a 409 on a write is a `KubeConflict`: the caller re-reads and re-plans (optimistic concurrency);
-* reads answer None on 404; `delete_pod` answers False on 404.
+* reads answer None on 404; the deletes answer False on 404.
 """
 
 from __future__ import annotations
@@ -22,16 +25,18 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
+from urllib.parse import quote
 
 import urllib3
-from kubernetes import client as k8s
 from kubernetes import config as kconfig
-from kubernetes.client.rest import ApiException
+from kubernetes.client.api_client import ApiClient as ApiClient  # the client a caller holds and closes
+from kubernetes.client.configuration import Configuration
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils import parse_quantity
 
@@ -39,19 +44,19 @@ from jobs import retry
 from jobs.errors import ConfigError, JobError
 from jobs.log import get_logger
 
-T = TypeVar("T")
-
 SA_NAMESPACE_FILE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
 COMPONENT = "coder-jobs"
 REQUEST_TIMEOUT = (5.0, 30.0)  # (connect, read) seconds for one request; the client has none by default
 READ_ATTEMPTS = 4  # for a read, and for waiting out 429s on any request
 READ_BACKOFF_S = 0.5  # 0.5, 1, 2 s (+ jitter) between read attempts
 
+JSON = "application/json"
 MERGE_PATCH = "application/merge-patch+json"
+# Lists ask for metadata only: the reaper decides on names and labels and must never hold the
+# tokens its Secrets carry. An API server that ignored the `as=` parameter would send the full
+# list; only `metadata` is read from either.
+METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
 
-# The client's types, for modules that hold them but never import `kubernetes` themselves.
-ApiClient = k8s.ApiClient
-Secret = k8s.V1Secret
 
 
 # ---------------------------------------------------------------------------- errors
@@ -92,49 +97,69 @@ class KubeNotFound(KubeAPIError):
     """404 on a write (the object went away between our read and our write)."""
 
 
-def from_api_exception(exc: ApiException, what: str) -> KubeAPIError:
-    status = int(exc.status) if exc.status else None  # status 0: TLS/connection trouble inside the client
-    reason, message = "", ""
+def api_error(what: str, status: int | None, reason: str | None, body: bytes | str | None) -> KubeAPIError:
+    """The error for an answer that was not 2xx: the Status object's reason and message, when the
+    body is one, else the HTTP reason phrase."""
+    status = status or None  # 0: TLS/connection trouble inside the client
+    status_reason, message = "", ""
     try:
-        body = json.loads(exc.body) if exc.body else None
+        parsed = json.loads(body) if body else None
     except (TypeError, ValueError):
-        body = None
-    if isinstance(body, dict) and body.get("kind") == "Status":
-        reason = str(body.get("reason") or "")
-        message = str(body.get("message") or "")
-    if not reason:
-        reason = str(exc.reason or "")
+        parsed = None
+    if isinstance(parsed, dict) and parsed.get("kind") == "Status":
+        status_reason = str(parsed.get("reason") or "")
+        message = str(parsed.get("message") or "")
+    reason = status_reason or str(reason or "")
     if status is None:
         return KubeAPIError(what, None, "", f"cannot reach the Kubernetes API ({reason or 'no response'})")
     cls = KubeConflict if status == 409 else KubeNotFound if status == 404 else KubeAPIError
     return cls(what, status, reason, message)
 
 
-def _retry_after_s(exc: ApiException) -> float:
+def from_api_exception(exc: ApiException, what: str) -> KubeAPIError:
+    """What the client itself raises (a TLS failure is status 0) as our error."""
+    return api_error(what, int(exc.status) if exc.status else None, exc.reason, exc.body)
+
+
+def _retry_after_s(headers: Mapping[str, str] | None) -> float:
     try:
-        return min(60.0, max(0.05, float((exc.headers or {}).get("Retry-After") or 1)))
+        return min(60.0, max(0.05, float((headers or {}).get("Retry-After") or 1)))
     except (TypeError, ValueError):
         return 1.0
 
 
-def _call(what: str, fn: Callable[..., T], *args: Any, safe_read: bool = False, **kwargs: Any) -> T:
-    """One API call with our error conversion; safe reads are retried on connection errors and 5xx.
-    A 429 is waited out (Retry-After) for any verb: API Priority and Fairness rejects the request
-    before handling it, and urllib3 only repeats GET/PUT/DELETE, so a throttled create or patch
-    would otherwise fail the job."""
+def _request(api: ApiClient, what: str, method: str, path: str, *, query: Mapping[str, str | int] | None = None,
+             body: Any = None, content_type: str = JSON, accept: str = JSON, safe_read: bool = False) -> dict[str, Any]:
+    """One API call, its JSON answer parsed, with our error conversion; safe reads are retried on
+    connection errors and 5xx. A 429 is waited out (Retry-After) for any verb: API Priority and
+    Fairness rejects the request before handling it, and urllib3 only repeats GET/PUT/DELETE, so a
+    throttled create or patch would otherwise fail the job."""
+    headers = {"Accept": accept}
+    if body is not None:
+        headers["Content-Type"] = content_type
 
-    def once() -> T:
+    def once() -> dict[str, Any]:
         try:
-            return fn(*args, _request_timeout=REQUEST_TIMEOUT, **kwargs)
+            request = api.param_serialize(method, path, query_params=list((query or {}).items()),
+                                          header_params=dict(headers), body=body, auth_settings=["BearerToken"])
+            response = api.call_api(*request, _request_timeout=REQUEST_TIMEOUT)
+            data = response.read()
         except ApiException as exc:
-            err = from_api_exception(exc, what)
-            if err.status == 429:
-                err.retry_after = _retry_after_s(exc)
-            raise err from None
+            raise from_api_exception(exc, what) from None
         except (urllib3.exceptions.HTTPError, OSError) as exc:
             # MaxRetryError names host, port and path; nothing secret. Keep it short.
             raise KubeAPIError(what, None, "",
                                f"cannot reach the Kubernetes API: {type(exc).__name__}: {str(exc)[:300]}") from None
+        if not 200 <= response.status <= 299:
+            err = api_error(what, response.status, response.reason, data)
+            if err.status == 429:
+                err.retry_after = _retry_after_s(response.headers)
+            raise err
+        try:
+            answer = json.loads(data) if data else {}
+        except ValueError:
+            raise KubeAPIError(what, response.status, "", "the answer was not JSON") from None
+        return answer if isinstance(answer, dict) else {}
 
     def worth_repeating(err: BaseException) -> bool:
         return isinstance(err, KubeAPIError) and (err.status == 429 or (safe_read and err.retryable))
@@ -150,6 +175,19 @@ def _call(what: str, fn: Callable[..., T], *args: Any, safe_read: bool = False, 
                       maximum=READ_BACKOFF_S * 2 ** READ_ATTEMPTS, jitter=READ_BACKOFF_S / 4, on_retry=log_retry)
 
 
+def _read(api: ApiClient, what: str, path: str) -> dict[str, Any] | None:
+    try:
+        return _request(api, what, "GET", path, safe_read=True)
+    except KubeNotFound:
+        return None
+
+
+def _path(group_version: str, ns: str, plural: str, name: str | None = None) -> str:
+    prefix = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+    path = f"{prefix}/namespaces/{quote(ns, safe='')}/{plural}"
+    return f"{path}/{quote(name, safe='')}" if name else path
+
+
 # ---------------------------------------------------------------------------- client and namespace
 
 
@@ -157,15 +195,15 @@ def _kubeconfig_path() -> str:
     return os.environ.get("KUBECONFIG") or "~/.kube/config"
 
 
-def api_client() -> k8s.ApiClient:
+def api_client() -> ApiClient:
     """A dedicated ApiClient (close it when done). In-cluster config when KUBERNETES_SERVICE_HOST is set,
     else KUBECONFIG / ~/.kube/config. The client's global default configuration is never touched."""
     try:
         if os.environ.get("KUBERNETES_SERVICE_HOST"):
-            cfg = k8s.Configuration()
+            cfg = Configuration()
             kconfig.load_incluster_config(client_configuration=cfg)
-            return k8s.ApiClient(cfg)
-        return kconfig.new_client_from_config(config_file=_kubeconfig_path(), client_configuration=k8s.Configuration())
+            return ApiClient(cfg)
+        return kconfig.new_client_from_config(config_file=_kubeconfig_path(), client_configuration=Configuration())
     except (ConfigException, OSError, ValueError, TypeError, AttributeError) as exc:
         where = ("the in-cluster service account (KUBERNETES_SERVICE_HOST is set)" if os.environ.get("KUBERNETES_SERVICE_HOST")
                  else f"KUBECONFIG ({_kubeconfig_path()})")
@@ -195,93 +233,130 @@ def current_namespace(explicit: str | None = None) -> str:
         "and the kubeconfig context names no namespace"])
 
 
+# ---------------------------------------------------------------------------- typed values
+
+
+@dataclass(frozen=True)
+class ObjectMetadata:
+    name: str
+    uid: str | None
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str] = field(default_factory=dict)
+    resource_version: str = ""
+    namespace: str = ""
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> ObjectMetadata:
+        """From an object (or a PartialObjectMetadata) as the API server sent it."""
+        meta = obj.get("metadata") or {}
+        return cls(str(meta.get("name") or ""), meta.get("uid"), dict(meta.get("labels") or {}),
+                   dict(meta.get("annotations") or {}), str(meta.get("resourceVersion") or ""),
+                   str(meta.get("namespace") or ""))
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A Secret as read. `body` is the whole object, so that a replace keeps what we do not own
+    (type, ownerReferences, finalizers) and carries the resourceVersion and uid it was read with."""
+
+    metadata: ObjectMetadata
+    data: Mapping[str, bytes] = field(repr=False)  # base64-decoded
+    body: Mapping[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Secret:
+        data = {k: base64.b64decode(v or "") for k, v in (obj.get("data") or {}).items()}
+        return cls(ObjectMetadata.parse(obj), data, obj)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    metadata: ObjectMetadata
+    pod_template_annotations: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> Deployment:
+        template = ((obj.get("spec") or {}).get("template") or {}).get("metadata") or {}
+        return cls(ObjectMetadata.parse(obj), dict(template.get("annotations") or {}))
+
+
+@dataclass(frozen=True)
+class ResourceQuota:
+    namespace: str
+    name: str
+    hard: Mapping[str, str]  # status.hard: what the API server enforces
+    used: Mapping[str, str]
+
+    @classmethod
+    def parse(cls, obj: Mapping[str, Any]) -> ResourceQuota:
+        meta, status = ObjectMetadata.parse(obj), obj.get("status") or {}
+        return cls(meta.namespace, meta.name, dict(status.get("hard") or {}), dict(status.get("used") or {}))
+
+
 # ---------------------------------------------------------------------------- secrets
 
 
-def _name_of(body: Any) -> str:
-    meta = (body.get("metadata") if isinstance(body, dict) else body.metadata) or {}
-    return str((meta.get("name") if isinstance(meta, dict) else meta.name) or "")
-
-
-def _resource_version_of(body: Any) -> str | None:
-    meta = (body.get("metadata") if isinstance(body, dict) else body.metadata) or {}
-    version = meta.get("resourceVersion") if isinstance(meta, dict) else meta.resource_version
-    return str(version) if version else None
-
-
-def read_secret(api: k8s.ApiClient, ns: str, name: str) -> k8s.V1Secret | None:
-    try:
-        return _call(f"read Secret {ns}/{name}", k8s.CoreV1Api(api).read_namespaced_secret, name, ns, safe_read=True)
-    except KubeNotFound:
-        return None
-
-
-def secret_data(secret: k8s.V1Secret) -> dict[str, bytes]:
-    """A Secret's data, base64-decoded."""
-    return {k: base64.b64decode(v or "") for k, v in (secret.data or {}).items()}
+def read_secret(api: ApiClient, ns: str, name: str) -> Secret | None:
+    found = _read(api, f"read Secret {ns}/{name}", _path("v1", ns, "secrets", name))
+    return Secret.parse(found) if found is not None else None
 
 
 def new_secret(ns: str, name: str, data: Mapping[str, str], labels: Mapping[str, str],
-               annotations: Mapping[str, str]) -> k8s.V1Secret:
+               annotations: Mapping[str, str]) -> dict[str, Any]:
     """An Opaque Secret to create; `data` values already base64-encoded."""
-    return k8s.V1Secret(api_version="v1", kind="Secret", type="Opaque", data=dict(data),
-                        metadata=k8s.V1ObjectMeta(name=name, namespace=ns, labels=dict(labels),
-                                                  annotations=dict(annotations)))
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": dict(data),
+            "metadata": {"name": name, "namespace": ns, "labels": dict(labels), "annotations": dict(annotations)}}
 
 
-def with_content(secret: k8s.V1Secret, *, data: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
-                 annotations: Mapping[str, str] | None = None) -> k8s.V1Secret:
+def with_content(secret: Secret, *, data: Mapping[str, str] | None = None, labels: Mapping[str, str] | None = None,
+                 annotations: Mapping[str, str] | None = None) -> dict[str, Any]:
     """`secret` as it was read, with new data (base64), labels or annotations: its ownerReferences,
     finalizers and type survive, and its resourceVersion makes the replace conditional."""
-    meta = secret.metadata or k8s.V1ObjectMeta()
+    body = dict(secret.body)
+    meta = dict(body.get("metadata") or {})
     if data is not None:
-        secret.data, secret.string_data = dict(data), None
+        body["data"] = dict(data)
+        body.pop("stringData", None)
     if labels is not None:
-        meta.labels = dict(labels)
+        meta["labels"] = dict(labels)
     if annotations is not None:
-        meta.annotations = dict(annotations)
-    secret.metadata = meta
-    return secret
+        meta["annotations"] = dict(annotations)
+    body["metadata"] = meta
+    return body
 
 
-def create_secret(api: k8s.ApiClient, ns: str, body: k8s.V1Secret | Mapping[str, Any]) -> k8s.V1Secret:
+def create_secret(api: ApiClient, ns: str, body: Mapping[str, Any]) -> Secret:
     """POST. A 409 (AlreadyExists: someone created it first) raises KubeConflict."""
-    return _call(f"create Secret {ns}/{_name_of(body)}", k8s.CoreV1Api(api).create_namespaced_secret, ns, body)
+    name = ObjectMetadata.parse(body).name
+    return Secret.parse(_request(api, f"create Secret {ns}/{name}", "POST", _path("v1", ns, "secrets"), body=body))
 
 
-def replace_secret(api: k8s.ApiClient, ns: str, body: k8s.V1Secret | Mapping[str, Any]) -> k8s.V1Secret:
+def replace_secret(api: ApiClient, ns: str, body: Mapping[str, Any]) -> Secret:
     """PUT with metadata.resourceVersion (required: an update without it would be unconditional).
     Stale resourceVersion -> KubeConflict. Deleted meanwhile -> KubeConflict too when the body
     carries the uid it was read with (the API server checks it as a precondition), else KubeNotFound."""
-    if not _resource_version_of(body):
+    meta = ObjectMetadata.parse(body)
+    if not meta.resource_version:
         raise ValueError("replace_secret needs metadata.resourceVersion (optimistic concurrency)")
-    name = _name_of(body)
-    return _call(f"update Secret {ns}/{name}", k8s.CoreV1Api(api).replace_namespaced_secret, name, ns, body)
+    return Secret.parse(_request(api, f"update Secret {ns}/{meta.name}", "PUT", _path("v1", ns, "secrets", meta.name),
+                                 body=body))
 
 
 # ---------------------------------------------------------------------------- deployments
 
 
-def read_deployment(api: k8s.ApiClient, ns: str, name: str) -> k8s.V1Deployment | None:
-    try:
-        return _call(f"read Deployment {ns}/{name}", k8s.AppsV1Api(api).read_namespaced_deployment, name, ns, safe_read=True)
-    except KubeNotFound:
-        return None
+def read_deployment(api: ApiClient, ns: str, name: str) -> Deployment | None:
+    found = _read(api, f"read Deployment {ns}/{name}", _path("apps/v1", ns, "deployments", name))
+    return Deployment.parse(found) if found is not None else None
 
 
-def pod_template_annotations(deployment: k8s.V1Deployment) -> dict[str, str]:
-    template = deployment.spec.template if deployment.spec else None
-    return dict((template.metadata.annotations if template and template.metadata else None) or {})
-
-
-def patch_pod_template_annotations(api: k8s.ApiClient, ns: str, name: str,
-                                   annotations: Mapping[str, str | None]) -> k8s.V1Deployment:
+def patch_pod_template_annotations(api: ApiClient, ns: str, name: str,
+                                   annotations: Mapping[str, str | None]) -> Deployment:
     """JSON merge patch of spec.template.metadata.annotations (None removes a key): changing
-    the pod template rolls the Deployment. The content type is explicit: client v37 otherwise
-    picks JSON Patch for some bodies."""
+    the pod template rolls the Deployment."""
     body = {"spec": {"template": {"metadata": {"annotations": dict(annotations)}}}}
-    return _call(f"patch Deployment {ns}/{name}", k8s.AppsV1Api(api).patch_namespaced_deployment, name, ns, body,
-                 _content_type=MERGE_PATCH)
+    return Deployment.parse(_request(api, f"patch Deployment {ns}/{name}", "PATCH",
+                                     _path("apps/v1", ns, "deployments", name), body=body, content_type=MERGE_PATCH))
 
 
 # ---------------------------------------------------------------------------- events
@@ -297,11 +372,8 @@ class ObjectRef:
     resource_version: str | None = None
 
     @classmethod
-    def of(cls, obj: Any, kind: str | None = None, api_version: str | None = None) -> ObjectRef:
-        """From a client model (V1Secret, V1Deployment, ...)."""
-        meta = obj.metadata
-        return cls(kind or obj.kind or type(obj).__name__.removeprefix("V1"), api_version or obj.api_version or "v1",
-                   meta.namespace, meta.name, meta.uid, meta.resource_version)
+    def of(cls, meta: ObjectMetadata, kind: str, api_version: str) -> ObjectRef:
+        return cls(kind, api_version, meta.namespace, meta.name, meta.uid, meta.resource_version or None)
 
 
 def _rfc3339(t: datetime, micro: bool = False) -> str:
@@ -309,17 +381,14 @@ def _rfc3339(t: datetime, micro: bool = False) -> str:
     return t.strftime("%Y-%m-%dT%H:%M:%S.%fZ" if micro else "%Y-%m-%dT%H:%M:%SZ")
 
 
-def record_event(api: k8s.ApiClient, involved: ObjectRef, reason: str, message: str, *,
-                 type: str = "Normal", action: str | None = None) -> k8s.CoreV1Event:
+def record_event(api: ApiClient, involved: ObjectRef, reason: str, message: str, *,
+                 type: str = "Normal", action: str | None = None) -> None:
     """Create a core/v1 Event about `involved`. The message must never hold a secret value.
 
     When eventTime is set the apiserver also requires reportingController, reportingInstance and
-    action (legacy core/v1 validation), so all of them are sent. Client v37 validates the body into
-    a CoreV1Event and serializes its datetimes with `isoformat()`, which drops the fraction when
-    the microseconds are zero; the apiserver parses MicroTime with exactly six digits, so a zero
-    microsecond is nudged to 1."""
+    action (legacy core/v1 validation), so all of them are sent. eventTime is a MicroTime, which
+    the apiserver parses with exactly six fractional digits."""
     now = datetime.now(UTC)
-    now = now.replace(microsecond=now.microsecond or 1)
     instance = (os.environ.get("HOSTNAME") or socket.gethostname() or COMPONENT)[:128]
     body = {
         "apiVersion": "v1",
@@ -340,41 +409,43 @@ def record_event(api: k8s.ApiClient, involved: ObjectRef, reason: str, message: 
         "reportingInstance": instance,
         "action": action or reason,
     }
-    return _call(f"create Event for {involved.kind} {involved.namespace}/{involved.name}",
-                 k8s.CoreV1Api(api).create_namespaced_event, involved.namespace, body)
+    _request(api, f"create Event for {involved.kind} {involved.namespace}/{involved.name}", "POST",
+             _path("v1", involved.namespace, "events"), body=body)
 
 
-# ---------------------------------------------------------------------------- pods and quotas (the reaper)
+# ---------------------------------------------------------------------------- listing (the reaper)
 
 
 LIST_RESTARTS = 3
 
 
-def _paged(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int,
-           read_page: Callable[[Any], tuple[list[Any], str | None]], uid_of: Callable[[Any], str | None],
-           **extra: Any) -> Iterator[Any]:
-    """Every object matching the selector, a page at a time (limit/continue). A continue token
-    can expire between pages (410 Expired, once etcd has compacted past it); the API's answer to
-    that is to list again from the start, so we do, and skip what was already yielded."""
+def _list_metadata(api: ApiClient, what: str, group_version: str, plural: str, ns: str, label_selector: str,
+                   page_size: int) -> Iterator[ObjectMetadata]:
+    """The metadata of every object matching the selector, a page at a time (limit/continue),
+    never the rest of the object. A continue token can expire between pages (410 Expired, once
+    etcd has compacted past it); the API's answer to that is to list again from the start, so we
+    do, and skip what was already yielded."""
     description = f"list {what} in {ns} ({label_selector})"
+    path = _path(group_version, ns, plural)
     yielded: set[str] = set()
     sent_token = False  # a 410 on the first page is not an expired token: never listed again
 
-    def listing() -> Iterator[Any]:
+    def listing() -> Iterator[ObjectMetadata]:
         nonlocal sent_token
         token: str | None = None
         while True:
-            kwargs: dict[str, Any] = {"label_selector": label_selector, "limit": page_size, **extra}
+            query: dict[str, str | int] = {"labelSelector": label_selector, "limit": page_size}
             if token:
-                kwargs["_continue"] = token
+                query["continue"] = token
             sent_token = bool(token)
-            items, token = read_page(_call(description, lister, ns, safe_read=True, **kwargs))
-            for item in items:
-                uid = uid_of(item)
-                if uid not in yielded:
-                    if uid:
-                        yielded.add(uid)
-                    yield item
+            page = _request(api, description, "GET", path, query=query, accept=METADATA_ONLY, safe_read=True)
+            for item in page.get("items") or []:
+                meta = ObjectMetadata.parse(item)
+                if meta.uid not in yielded:
+                    if meta.uid:
+                        yielded.add(meta.uid)
+                    yield meta
+            token = (page.get("metadata") or {}).get("continue") or None
             if not token:
                 return
 
@@ -389,30 +460,22 @@ def _paged(what: str, lister: Callable[..., Any], ns: str, label_selector: str, 
                                 jitter=0.0, on_retry=log_restart)
 
 
-def _model_page(page: Any) -> tuple[list[Any], str | None]:
-    return list(page.items or []), (page.metadata._continue if page.metadata else None)
+def list_pods(api: ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[ObjectMetadata]:
+    return _list_metadata(api, "pods", "v1", "pods", ns, label_selector, page_size)
 
 
-def _model_uid(item: Any) -> str | None:
-    return item.metadata.uid if item.metadata else None
+def list_deployments(api: ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[ObjectMetadata]:
+    return _list_metadata(api, "deployments", "apps/v1", "deployments", ns, label_selector, page_size)
 
 
-def _list_labelled(what: str, lister: Callable[..., Any], ns: str, label_selector: str, page_size: int) -> Iterator[Any]:
-    return _paged(what, lister, ns, label_selector, page_size, _model_page, _model_uid)
+def list_secret_metadata(api: ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[ObjectMetadata]:
+    """Name, uid and labels of every Secret matching the selector; never its data."""
+    return _list_metadata(api, "Secret metadata", "v1", "secrets", ns, label_selector, page_size)
 
 
-def list_pods(api: k8s.ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[k8s.V1Pod]:
-    """Every pod matching the selector, a page at a time (limit/continue)."""
-    return _list_labelled("pods", k8s.CoreV1Api(api).list_namespaced_pod, ns, label_selector, page_size)
-
-
-def list_deployments(api: k8s.ApiClient, ns: str, label_selector: str, page_size: int = 500) -> Iterator[k8s.V1Deployment]:
-    return _list_labelled("deployments", k8s.AppsV1Api(api).list_namespaced_deployment, ns, label_selector, page_size)
-
-
-def list_resource_quotas(api: k8s.ApiClient, ns: str) -> list[k8s.V1ResourceQuota]:
-    return list(_call(f"list ResourceQuotas in {ns}", k8s.CoreV1Api(api).list_namespaced_resource_quota, ns,
-                      safe_read=True).items or [])
+def list_resource_quotas(api: ApiClient, ns: str) -> list[ResourceQuota]:
+    page = _request(api, f"list ResourceQuotas in {ns}", "GET", _path("v1", ns, "resourcequotas"), safe_read=True)
+    return [ResourceQuota.parse(item) for item in page.get("items") or []]
 
 
 @dataclass(frozen=True)
@@ -427,82 +490,44 @@ class QuotaUsage:
     ratio: float  # used / hard; 1.0 for anything used against a hard limit of 0
 
 
-def quota_usage(quotas: list[k8s.V1ResourceQuota]) -> list[QuotaUsage]:
+def quota_usage(quotas: list[ResourceQuota]) -> list[QuotaUsage]:
     """Every resource with a hard limit, sorted by resource; quantities that do not parse are left out."""
     out: list[QuotaUsage] = []
     for rq in quotas:
-        hard = (rq.status.hard if rq.status else None) or {}
-        used = (rq.status.used if rq.status else None) or {}
-        meta = rq.metadata or k8s.V1ObjectMeta()
-        for resource in sorted(hard):
+        for resource in sorted(rq.hard):
+            used = rq.used.get(resource, "0")
             try:
-                h, u = parse_quantity(hard[resource]), parse_quantity(used.get(resource, "0"))
+                h, u = parse_quantity(rq.hard[resource]), parse_quantity(used)
             except ValueError:
                 continue
             ratio = float(u / h) if h else (1.0 if u else 0.0)
-            out.append(QuotaUsage(meta.namespace or "", meta.name or "", resource, str(used.get(resource, "0")),
-                                  str(hard[resource]), ratio))
+            out.append(QuotaUsage(rq.namespace, rq.name, resource, str(used), str(rq.hard[resource]), ratio))
     return out
 
 
-def _delete(what: str, deleter: Callable[..., Any], ns: str, name: str, uid: str | None) -> bool:
+# ---------------------------------------------------------------------------- deletes (the reaper)
+
+
+def _delete(api: ApiClient, what: str, group_version: str, plural: str, ns: str, name: str, uid: str | None) -> bool:
     # The uid precondition means a same-named successor is never deleted by mistake.
-    body = k8s.V1DeleteOptions(propagation_policy="Background",
-                               preconditions=k8s.V1Preconditions(uid=uid) if uid else None)
+    body: dict[str, Any] = {"propagationPolicy": "Background"}
+    if uid:
+        body["preconditions"] = {"uid": uid}
     try:
-        _call(f"delete {what} {ns}/{name}", deleter, name, ns, body=body)
+        _request(api, f"delete {what} {ns}/{name}", "DELETE", _path(group_version, ns, plural, name), body=body)
     except KubeNotFound:
         return False
     return True
 
 
-def delete_pod(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
-    """True when deleted, False when it was already gone."""
-    return _delete("pod", k8s.CoreV1Api(api).delete_namespaced_pod, ns, name, uid)
-
-
-def delete_deployment(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
-    return _delete("deployment", k8s.AppsV1Api(api).delete_namespaced_deployment, ns, name, uid)
-
-
-# ---------------------------------------------------------------------------- secret metadata (the reaper)
-
-# Ask for metadata only: the reaper decides on names and labels and must never hold the tokens
-# the Secrets carry. An API server that ignored the `as=` parameter would send a SecretList; only
-# `metadata` is read from either.
-METADATA_ONLY = "application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1,application/json"
-
-
-@dataclass(frozen=True)
-class ObjectMetadata:
-    name: str
-    uid: str | None
-    labels: Mapping[str, str]
-    annotations: Mapping[str, str] = field(default_factory=dict)
-    resource_version: str = ""
-
-
-def metadata_of(obj: Any) -> ObjectMetadata:
-    """The metadata of a client model (V1Secret, V1Pod, V1Deployment, ...)."""
-    meta = obj.metadata or k8s.V1ObjectMeta()
-    return ObjectMetadata(meta.name or "", meta.uid, dict(meta.labels or {}), dict(meta.annotations or {}),
-                          meta.resource_version or "")
-
-
-def _metadata_page(raw: Any) -> tuple[list[ObjectMetadata], str | None]:
-    page = json.loads(raw.data)  # _preload_content=False: the raw response, whatever the list's model
-    items = [item.get("metadata") or {} for item in page.get("items") or []]
-    return ([ObjectMetadata(m.get("name", ""), m.get("uid"), dict(m.get("labels") or {})) for m in items],
-            (page.get("metadata") or {}).get("continue") or None)
-
-
-def list_secret_metadata(api: k8s.ApiClient, ns: str, label_selector: str,
-                         page_size: int = 500) -> Iterator[ObjectMetadata]:
-    """Name, uid and labels of every Secret matching the selector, a page at a time; never its data."""
-    return _paged("Secret metadata", k8s.CoreV1Api(api).list_namespaced_secret, ns, label_selector, page_size,
-                  _metadata_page, lambda meta: meta.uid, _preload_content=False, _headers={"Accept": METADATA_ONLY})
-
-
-def delete_secret(api: k8s.ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
+def delete_pod(api: ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
     """True when deleted, False when it was already gone; `uid` guards a same-named successor."""
-    return _delete("secret", k8s.CoreV1Api(api).delete_namespaced_secret, ns, name, uid)
+    return _delete(api, "pod", "v1", "pods", ns, name, uid)
+
+
+def delete_deployment(api: ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
+    return _delete(api, "deployment", "apps/v1", "deployments", ns, name, uid)
+
+
+def delete_secret(api: ApiClient, ns: str, name: str, uid: str | None = None) -> bool:
+    return _delete(api, "secret", "v1", "secrets", ns, name, uid)

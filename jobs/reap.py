@@ -124,11 +124,11 @@ def observe_cluster(api: Any, listing: Listing, ns: str, log: Any) -> Cluster:
         usage_error = str(exc)
     objects: list[tuple[str, kube.ObjectMetadata]] = []
     try:
-        objects.extend(("pod", kube.metadata_of(pod)) for pod in kube.list_pods(api, ns, WORKSPACE_SELECTOR))
+        objects.extend(("pod", meta) for meta in kube.list_pods(api, ns, WORKSPACE_SELECTOR))
     except kube.KubeAPIError as exc:
         raise JobError(f"cannot list workspace pods in {ns}: {exc}") from None
     try:
-        objects.extend(("deployment", kube.metadata_of(d)) for d in kube.list_deployments(api, ns, WORKSPACE_SELECTOR))
+        objects.extend(("deployment", meta) for meta in kube.list_deployments(api, ns, WORKSPACE_SELECTOR))
     except kube.KubeAPIError as exc:
         # Workspace pods belong to Deployments (the templates' kubernetes_deployment_v1): deleting
         # only the pod is undone by its ReplicaSet. Say so rather than fail the run.

@@ -23,17 +23,14 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from jobs import retry
+from jobs import kube, retry
 from jobs.context import RunContext
 from jobs.errors import EXIT_OK, ConcurrentChange, ConfigError, JobError
 from jobs.log import register_secrets, summary
 from jobs.plan import Action, Plan, log_plan
 from jobs.settings import ExternalAuthSettings
-
-if TYPE_CHECKING:  # jobs.kube (and with it the kubernetes package) is imported only when the job runs
-    from jobs import kube
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_LABELS = {MANAGED_BY_LABEL: "coder-jobs", "app.kubernetes.io/part-of": "coder"}
@@ -269,14 +266,12 @@ def _b64(value: str) -> str:
 def read_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings) -> tuple[str, str]:
     """Both source values; every problem with either Secret reported at once (exit 2), unless the
     only problem is that one or both do not exist yet (SourcesMissing: the caller waits)."""
-    from jobs import kube
-
     values: dict[str, str] = {}
     problems: list[str] = []
     missing: list[str] = []
     for name in (settings.external_auth_client_id_secret, settings.external_auth_client_secret_secret):
         secret = kube.read_secret(api, ns, name)
-        data = kube.secret_data(secret) if secret is not None else None
+        data = secret.data if secret is not None else None
         raw = [v.decode("utf-8", "replace") for v in (data or {}).values()]
         # Before anything can be logged: the raw values, trimmed ones (register_secrets adds
         # stripped forms) and their base64 (the form in request and response bodies).
@@ -296,27 +291,23 @@ def read_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings) -
 
 
 def observe_target(api: kube.ApiClient, ns: str, name: str) -> tuple[TargetState | None, kube.Secret | None]:
-    from jobs import kube
-
     secret = kube.read_secret(api, ns, name)
     if secret is None:
         return None, None
-    data = kube.secret_data(secret)
+    data = dict(secret.data)
     old = data.get(KEY_CLIENT_SECRET)
     if old:
         old_text = old.decode("utf-8", "replace")
         register_secrets([old_text, _b64(old_text)])  # a previous client secret may still be valid
-    meta = kube.metadata_of(secret)
+    meta = secret.metadata
     return TargetState(name, data, dict(meta.labels), dict(meta.annotations), meta.resource_version), secret
 
 
 def observe_deployment(api: kube.ApiClient, ns: str, name: str) -> DeploymentState:
-    from jobs import kube
-
     dep = kube.read_deployment(api, ns, name)
     if dep is None:
         return DeploymentState(found=False)
-    return DeploymentState(found=True, checksum=kube.pod_template_annotations(dep).get(DEPLOYMENT_ANNOTATION))
+    return DeploymentState(found=True, checksum=dep.pod_template_annotations.get(DEPLOYMENT_ANNOTATION))
 
 
 # ---------------------------------------------------------------------------- apply
@@ -324,8 +315,6 @@ def observe_deployment(api: kube.ApiClient, ns: str, name: str) -> DeploymentSta
 
 def _write_secret(api: kube.ApiClient, ns: str, name: str, step: SecretStep, data: Mapping[str, str],
                   current: kube.Secret | None) -> kube.Secret:
-    from jobs import kube
-
     encoded = {k: _b64(v) for k, v in data.items()}
     if current is None:
         return kube.create_secret(api, ns, kube.new_secret(ns, name, encoded, step.labels, step.annotations))
@@ -334,18 +323,14 @@ def _write_secret(api: kube.ApiClient, ns: str, name: str, step: SecretStep, dat
 
 
 def _record_event(api: kube.ApiClient, written: kube.Secret, p: Plan, name: str, log: Any) -> None:
-    from jobs import kube
-
     reason, action, message = event_for(p, name)
     try:
-        kube.record_event(api, kube.ObjectRef.of(written, kind="Secret", api_version="v1"), reason, message, action=action)
+        kube.record_event(api, kube.ObjectRef.of(written.metadata, kind="Secret", api_version="v1"), reason, message, action=action)
     except kube.KubeAPIError as err:  # an Event is a record, not part of converging
         log.warning("could not record an Event on the target Secret", error=err.describe(), reason=reason)
 
 
 def _roll(api: kube.ApiClient, ns: str, roll: Rollout, log: Any) -> None:
-    from jobs import kube
-
     if not roll.found:
         log.warning(f"Deployment {ns}/{roll.deployment} not found; not rolling it. coderd may not be synced yet "
                     "(PreSync on a first install): it reads the Secret when it starts", deployment=roll.deployment)
@@ -361,9 +346,7 @@ def _roll(api: kube.ApiClient, ns: str, roll: Rollout, log: Any) -> None:
 def _clear_pending(api: kube.ApiClient, ns: str, name: str, secret: kube.Secret | None) -> None:
     """Remove the rollout-pending marker, with resourceVersion. Someone else's write in between
     ends this pass (ConcurrentChange): the next pass reads the Secret again."""
-    from jobs import kube
-
-    annotations = dict(kube.metadata_of(secret).annotations) if secret is not None else {}
+    annotations = dict(secret.metadata.annotations) if secret is not None else {}
     if secret is None or annotations.pop(ROLLOUT_PENDING_ANNOTATION, None) is None:
         return
     try:
@@ -410,8 +393,6 @@ def wait_for_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSetting
 
 
 def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: RunContext) -> Plan:
-    from jobs import kube
-
     name = settings.external_auth_target_secret
     client_id, client_secret = wait_for_sources(api, ns, settings, ctx.log)
     data = desired_data(settings.external_auth_id, client_id, client_secret)
@@ -443,8 +424,6 @@ def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: 
 
 
 def run(settings: ExternalAuthSettings, ctx: RunContext) -> int:
-    from jobs import kube
-
     ns = kube.current_namespace(settings.pod_namespace)
     api = kube.api_client()
     try:

@@ -103,8 +103,9 @@ def test_current_namespace_order(fake, tmp_path, monkeypatch):
 
 
 def test_jobs_that_do_not_touch_kubernetes_never_import_it():
+    # The reaper needs Kubernetes only with REAP_WORKSPACE_NAMESPACE; sync-external-auth always does.
     code = ("import sys, jobs.cli, jobs.bootstrap_admin, jobs.republish, jobs.recover, jobs.doctor, "
-            "jobs.sync_external_auth; assert 'kubernetes' not in sys.modules, sorted(m for m in sys.modules if 'kube' in m)")
+            "jobs.reap; assert 'kubernetes' not in sys.modules, sorted(m for m in sys.modules if 'kube' in m)")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
 
@@ -117,26 +118,26 @@ def test_secret_create_read_replace_with_resource_version(fake, api):
     created = kube.create_secret(api, NS, body)
     assert created.metadata.resource_version
     got = kube.read_secret(api, NS, "s")
-    assert kube.secret_data(got) == {"k": b"v1"}
+    assert got.data == {"k": b"v1"}
+    assert "v1" not in repr(got) and b64("v1") not in repr(got)  # a Secret's value is never in its repr
 
     with pytest.raises(kube.KubeConflict) as exc:
         kube.create_secret(api, NS, body)
     assert exc.value.status == 409 and exc.value.reason == "AlreadyExists"
 
-    got.data = {"k": b64("v2")}
-    replaced = kube.replace_secret(api, NS, got)
-    assert kube.secret_data(replaced) == {"k": b"v2"}
+    replaced = kube.replace_secret(api, NS, kube.with_content(got, data={"k": b64("v2")}))
+    assert replaced.data == {"k": b"v2"}
     assert fake.requests("PUT")[-1].json()["metadata"]["resourceVersion"] == got.metadata.resource_version
 
-    got.data = {"k": b64("v3")}  # got's resourceVersion is stale now
+    stale = kube.with_content(got, data={"k": b64("v3")})  # got's resourceVersion is stale now
     with pytest.raises(kube.KubeConflict) as exc:
-        kube.replace_secret(api, NS, got)
+        kube.replace_secret(api, NS, stale)
     assert exc.value.reason == "Conflict" and "has been modified" in str(exc.value)
     assert "djM=" not in str(exc.value)  # never the request body
 
-    got.metadata.resource_version = None
+    unconditional = {**stale, "metadata": {k: v for k, v in stale["metadata"].items() if k != "resourceVersion"}}
     with pytest.raises(ValueError):
-        kube.replace_secret(api, NS, got)
+        kube.replace_secret(api, NS, unconditional)
 
 
 def test_replace_of_a_deleted_secret_is_a_conflict_on_its_uid(fake, api):
@@ -146,7 +147,7 @@ def test_replace_of_a_deleted_secret_is_a_conflict_on_its_uid(fake, api):
     s = kube.read_secret(api, NS, "gone")
     fake.delete_object("secret", NS, "gone")
     with pytest.raises(kube.KubeConflict) as exc:
-        kube.replace_secret(api, NS, s)
+        kube.replace_secret(api, NS, kube.with_content(s))
     assert "Precondition failed: UID in precondition" in str(exc.value)
     assert kube.read_secret(api, NS, "gone") is None
 
@@ -228,16 +229,16 @@ def test_patch_pod_template_annotations_is_a_merge_patch(fake, api):
     (req,) = fake.requests("PATCH")
     assert req.headers["content-type"].startswith("application/merge-patch+json")
     dep = kube.read_deployment(api, NS, "coder")
-    assert kube.pod_template_annotations(dep) == {"keep": "me", "coder-jobs.ameide.io/x": "sha256:1"}
+    assert dep.pod_template_annotations == {"keep": "me", "coder-jobs.ameide.io/x": "sha256:1"}
     assert len(fake.rollouts(NS, "coder")) == 1
     kube.patch_pod_template_annotations(api, NS, "coder", {"coder-jobs.ameide.io/x": None})
-    assert kube.pod_template_annotations(kube.read_deployment(api, NS, "coder")) == {"keep": "me"}
+    assert kube.read_deployment(api, NS, "coder").pod_template_annotations == {"keep": "me"}
     assert kube.read_deployment(api, NS, "missing") is None
 
 
 def test_record_event_is_accepted_by_the_real_server_and_reads_back_through_both_event_apis(fake, api):
     s = kube.create_secret(api, NS, {"metadata": {"name": "target"}, "data": {}})
-    kube.record_event(api, kube.ObjectRef.of(s, kind="Secret", api_version="v1"), "SomethingHappened", "a message",
+    kube.record_event(api, kube.ObjectRef.of(s.metadata, kind="Secret", api_version="v1"), "SomethingHappened", "a message",
                       action="Update")
     (ev,) = fake.objects("event", NS)
     assert ev["reason"] == "SomethingHappened" and ev["message"] == "a message" and ev["type"] == "Normal"
@@ -258,7 +259,7 @@ def test_record_event_is_accepted_by_the_real_server_and_reads_back_through_both
 ])
 def test_the_real_server_refuses_an_event_without_what_record_event_sends(fake, api, change, status, words):
     s = kube.create_secret(api, NS, {"metadata": {"name": "target"}, "data": {}})
-    kube.record_event(api, kube.ObjectRef.of(s, kind="Secret", api_version="v1"), "R", "m", action="Update")
+    kube.record_event(api, kube.ObjectRef.of(s.metadata, kind="Secret", api_version="v1"), "R", "m", action="Update")
     (sent,) = fake.requests("POST", r"/events$")
     body = sent.json()
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}(Z|\+00:00)", body["eventTime"])  # always six digits
@@ -278,7 +279,7 @@ def test_list_pods_pages_and_filters(fake, api):
     fake.put("pod", NS, {"metadata": {"name": "other", "labels": {"app.kubernetes.io/name": "coder"}},
                          "spec": {"containers": [{"name": "c", "image": "x"}]}})
     pods = list(kube.list_pods(api, NS, "app.kubernetes.io/name=coder-workspace", page_size=3))
-    assert sorted(p.metadata.name for p in pods) == [f"ws-{i}" for i in range(7)]
+    assert sorted(p.name for p in pods) == [f"ws-{i}" for i in range(7)]
     assert len(fake.requests("GET", r"/pods$")) == 3
 
 
@@ -288,7 +289,7 @@ def test_a_continue_token_that_expired_lists_again_from_the_start_and_yields_eac
                              "spec": {"containers": [{"name": "c", "image": "x"}]}})
     fake.expire_continue_next(n=1, path_regex=r"/pods$")
     pods = list(kube.list_pods(api, NS, "app.kubernetes.io/name=coder-workspace", page_size=3))
-    assert sorted(p.metadata.name for p in pods) == [f"ws-{i}" for i in range(7)]  # every pod, none twice
+    assert sorted(p.name for p in pods) == [f"ws-{i}" for i in range(7)]  # every pod, none twice
     lists = fake.requests("GET", r"/pods$")
     assert [(r.status, "continue" in r.query) for r in lists] == [
         (200, False), (410, True), (200, False), (200, True), (200, True)]
@@ -309,7 +310,7 @@ def test_list_resource_quotas(fake, api):
     fake.put("resourcequota", NS, {"metadata": {"name": "q"}, "spec": {"hard": {"pods": "10"}},
                                    "status": {"hard": {"pods": "10"}, "used": {"pods": "3"}}})
     (q,) = kube.list_resource_quotas(api, NS)
-    assert q.status.used == {"pods": "3"}
+    assert q.used == {"pods": "3"} and q.hard == {"pods": "10"}
 
 
 def test_delete_pod(fake, api):
