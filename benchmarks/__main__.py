@@ -8,8 +8,9 @@ use); request counts come from the coderd fake's request log and the API server'
     python -m benchmarks --quick               # reaper at 1,000 / 5,000, fewer repeats
     python -m benchmarks --reap-sizes 1000,20000 --only noop,startup,reap,republish --repeat 5
 
-Goals (issue 7) are printed next to the figures; a missed goal makes the exit code 1. They are
-figures, not timed tests: wall times depend on the machine, printed at the end.
+Goals (issues 7 and 22) are printed next to the figures; a missed goal makes the exit code 1. They
+are figures, not timed tests: wall times depend on the machine, printed at the end. CPU figures
+are user+sys of the whole job process (`getrusage(RUSAGE_CHILDREN)` around it).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import os
 import platform
 import random
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -36,7 +38,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from benchmarks import reap_scale  # noqa: E402
+from benchmarks import kube_client, reap_scale  # noqa: E402
 from fakes.coderd import FakeCoderd  # noqa: E402
 from tests.kube.cluster import JOBS, Cluster, running_cluster  # noqa: E402
 
@@ -45,6 +47,7 @@ ADMIN = {"CODER_ADMIN_USERNAME": "platform-admin", "CODER_ADMIN_EMAIL": "platfor
          "CODER_ADMIN_PASSWORD": "Bench-Passw0rd-7x!", "CODER_READY_TIMEOUT": "30"}
 NOOP_CODER_GOAL = 8
 NOOP_KUBE_GOAL = 3
+NOOP_SYNC_CPU_GOAL = 1.5  # the no-op sync-external-auth's CPU, at most this times `import kubernetes.config`'s
 
 
 @dataclass
@@ -77,6 +80,12 @@ def clean_env(extra: dict[str, str]) -> dict[str, str]:
     env.pop("KUBERNETES_SERVICE_HOST", None)
     env.update(extra)
     return env
+
+
+def children_cpu_s() -> float:
+    """User+sys CPU seconds of every child process this one has waited for."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def run_job(args: list[str], env: dict[str, str], *, python_flags: tuple[str, ...] = ()) -> tuple[float, subprocess.CompletedProcess]:
@@ -156,10 +165,13 @@ def bench_noop(report: Report, repeat: int, kube: Cluster) -> None:
         env = {"KUBECONFIG": kube.kubeconfig(Path(tmp) / "kubeconfig", namespace=ns), "POD_NAMESPACE": ns,
                "CODER_DEPLOYMENT": "coder"}
         run_job(["sync-external-auth"], env)
-        walls = []
+        walls, cpus, floors = [], [], []
         for _ in range(repeat):
             kube.clear_log()
+            cpu = children_cpu_s()
             wall, _proc = run_job(["sync-external-auth"], env)
+            cpus.append(children_cpu_s() - cpu)
+            floors.append(kube_client.cpu_of([sys.executable, "-c", "import kubernetes.config"]))
             walls.append(wall)
             routes = audited_routes(kube)
             assert not kube.writes(), "the no-op sync wrote"
@@ -170,6 +182,12 @@ def bench_noop(report: Report, repeat: int, kube: Cluster) -> None:
                    total <= NOOP_KUBE_GOAL)
         report.add("No-op", "`sync-external-auth`: whole-process wall time", median_wall(walls))
         print(f"  wall: {median_wall(walls)}")
+        cpu, floor = statistics.median(cpus), statistics.median(floors)
+        print(f"  CPU (user+sys, whole process): {cpu:.2f} s; `python -c \"import kubernetes.config\"` in the same run:"
+              f" {floor:.2f} s ({cpu / floor:.2f}×)")
+        report.add("No-op", "`sync-external-auth`: CPU vs `python -c \"import kubernetes.config\"` (medians)",
+                   f"{cpu:.2f} s vs {floor:.2f} s = {cpu / floor:.2f}×", f"< {NOOP_SYNC_CPU_GOAL}×",
+                   cpu < NOOP_SYNC_CPU_GOAL * floor)
 
 
 # ---------------------------------------------------------------------------- start-up
@@ -233,6 +251,22 @@ def bench_startup(report: Report, repeat: int, kube: Cluster) -> None:
                                "yes" if needs_kube else "no", ok)
             finally:
                 kube.reset()
+
+
+# ---------------------------------------------------------------------------- the Kubernetes client
+
+
+def bench_kube_client(report: Report, repeat: int, kube: Cluster) -> None:
+    print("\n## Kubernetes client: three ways to make the job's calls (benchmarks/kube_client.py; CPU user+sys)")
+    kube.reset()
+    try:
+        rows = kube_client.measure(kube, repeat)
+    finally:
+        kube.reset()
+    floor = rows[0][1]
+    for way, cpu, low, requests in rows:
+        print(f"  {way}: {cpu:.2f} s (min {low:.2f}, {cpu / floor:.2f}× the floor), {requests} API requests")
+        report.add("Kubernetes client", f"{way}: CPU / API requests", f"{cpu:.2f} s ({cpu / floor:.2f}×) / {requests}")
 
 
 # ---------------------------------------------------------------------------- reaper at scale
@@ -402,20 +436,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="reaper at 1,000 and 5,000 only, one run per figure")
     p.add_argument("--reap-sizes", help="comma list of reaper sizes (default 1000,10000,50000; --quick 1000,5000)")
     p.add_argument("--repeat", type=int, help="runs per figure, median printed (default 3; --quick 1)")
-    p.add_argument("--only", help="comma list of sections: noop,startup,reap,republish")
+    p.add_argument("--only", help="comma list of sections: noop,startup,kube-client,reap,republish")
     args = p.parse_args(argv)
     sizes = [int(s) for s in (args.reap_sizes or ("1000,5000" if args.quick else "1000,10000,50000")).split(",")]
     repeat = args.repeat or (1 if args.quick else 3)
-    sections = set((args.only or "noop,startup,reap,republish").split(","))
+    sections = set((args.only or "noop,startup,kube-client,reap,republish").split(","))
     report = Report()
     started = time.perf_counter()
     with contextlib.ExitStack() as stack:
         # The real kube-apiserver, only when a section runs sync-external-auth (built on first use).
-        kube = stack.enter_context(running_cluster()) if sections & {"noop", "startup"} else None
+        kube = stack.enter_context(running_cluster()) if sections & {"noop", "startup", "kube-client"} else None
         if "noop" in sections:
             bench_noop(report, repeat, kube)
         if "startup" in sections:
             bench_startup(report, repeat, kube)
+        if "kube-client" in sections:
+            bench_kube_client(report, repeat, kube)
     if "reap" in sections:
         bench_reap(report, sizes)
     if "republish" in sections:
