@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 import urllib3
 from kubernetes import client as k8s
 from kubernetes import config as kconfig
-from kubernetes.client.rest import ApiException
+from kubernetes.client.exceptions import ApiException
 from kubernetes.config.config_exception import ConfigException
 from kubernetes.utils import parse_quantity
 
@@ -165,7 +165,9 @@ def api_client() -> k8s.ApiClient:
             cfg = k8s.Configuration()
             kconfig.load_incluster_config(client_configuration=cfg)
             return k8s.ApiClient(cfg)
-        return kconfig.new_client_from_config(config_file=_kubeconfig_path(), client_configuration=k8s.Configuration())
+        client: k8s.ApiClient = kconfig.new_client_from_config(config_file=_kubeconfig_path(),
+                                                                client_configuration=k8s.Configuration())
+        return client
     except (ConfigException, OSError, ValueError, TypeError, AttributeError) as exc:
         where = ("the in-cluster service account (KUBERNETES_SERVICE_HOST is set)" if os.environ.get("KUBERNETES_SERVICE_HOST")
                  else f"KUBECONFIG ({_kubeconfig_path()})")
