@@ -11,14 +11,15 @@ written): verifying an existing admin's login lets coderd judge the credentials.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, assert_never
 
 from jobs import retry, validation
 from jobs.coder import CoderClient, client_from_settings, is_transient, refused_for_setup_token
 from jobs.context import RunContext
 from jobs.errors import EXIT_OK, RUNBOOK_SETUP_TOKEN, CoderAPIError, ConcurrentChange, ConfigError, JobError, credentials_rejected_message
 from jobs.log import summary
-from jobs.plan import Action, Plan, log_plan, report
+from jobs.plan import Action, Plan, log_plan
 from jobs.settings import BootstrapSettings
 
 SETUP_TOKEN_MISSING = (
@@ -29,21 +30,38 @@ SETUP_TOKEN_MISSING = (
 )
 
 
-def plan(first_user_exists: bool, settings: BootstrapSettings, setup_token_required: bool = False) -> Plan:
+@dataclass(frozen=True, kw_only=True)
+class CreateFirstUser(Action):
+    kind: Literal["create-first-user"] = field(default="create-first-user", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VerifyCredentials(Action):
+    """Writes nothing, but apply logs in: the run fails when the configured credentials do not."""
+
+    kind: Literal["verify-credentials"] = field(default="verify-credentials", init=False)
+    writes: bool = field(default=False, init=False)
+
+
+BootstrapAction = CreateFirstUser | VerifyCredentials
+
+
+def plan(first_user_exists: bool, settings: BootstrapSettings, setup_token_required: bool = False) -> Plan[BootstrapAction]:
     """Create the first user, or check that the configured credentials log in to the existing one.
     Raises ConfigError when coderd's own rules would refuse the user we would create, or when
     coderd demands a setup token (`setup_token_required`) and none is configured."""
     if first_user_exists:
-        return Plan((report("verify-credentials", f"user/{settings.coder_admin_email}", "a first user already exists"),))
+        return Plan((VerifyCredentials(target=f"user/{settings.coder_admin_email}", reason="a first user already exists"),))
     problems = first_user_problems(settings)
     if setup_token_required and not settings.coder_setup_token:
         problems.append(SETUP_TOKEN_MISSING)
     if problems:
         raise ConfigError("coderd would refuse to create the first user", problems)
-    details: dict[str, Any] = {"username": settings.coder_admin_username, "email": settings.coder_admin_email, "trial": False}
+    details: dict[str, object] = {"username": settings.coder_admin_username, "email": settings.coder_admin_email, "trial": False}
     if settings.coder_setup_token:
         details["setup_token"] = "set"
-    return Plan((Action("create-first-user", f"user/{settings.coder_admin_username}", "coderd has no users yet", details),))
+    return Plan((CreateFirstUser(target=f"user/{settings.coder_admin_username}", reason="coderd has no users yet",
+                                 details=details),))
 
 
 def first_user_problems(settings: BootstrapSettings) -> list[str]:
@@ -112,22 +130,25 @@ def verify_credentials(client: CoderClient, settings: BootstrapSettings, log: An
     log.info("first user exists and the configured credentials log in", email=settings.coder_admin_email)
 
 
-def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan:
+def converge(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan[BootstrapAction]:
     return retry.replan(lambda: _converge_once(client, settings, ctx), transient=is_transient,
                         deadline=settings.coder_ready_timeout, log=ctx.log, what="first user")
 
 
-def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan:
+def _converge_once(client: CoderClient, settings: BootstrapSettings, ctx: RunContext) -> Plan[BootstrapAction]:
     exists = client.first_user_exists()
     p = plan(exists, settings, setup_token_required=not exists and client.setup_token_required())
     log_plan(ctx.log, p, ctx.dry_run)
     if ctx.dry_run:
         return p
     for action in p:
-        if action.kind == "create-first-user":
-            create_first_user(client, settings, ctx.log)
-        elif action.kind == "verify-credentials":
-            verify_credentials(client, settings, ctx.log)
+        match action:
+            case CreateFirstUser():
+                create_first_user(client, settings, ctx.log)
+            case VerifyCredentials():
+                verify_credentials(client, settings, ctx.log)
+            case _:
+                assert_never(action)
     return p
 
 
@@ -135,5 +156,5 @@ def run(settings: BootstrapSettings, ctx: RunContext) -> int:
     with client_from_settings(settings) as client:
         client.wait_ready()
         actions = converge(client, settings, ctx)
-    summary(ctx.log, checked=len(actions), changed=sum(a.writes for a in actions), dry_run=ctx.dry_run)
+    summary(ctx.log, checked=len(actions), changed=actions.writes, dry_run=ctx.dry_run)
     return EXIT_OK

@@ -12,37 +12,44 @@ auth provider coderd does not have: neither a new version nor a workspace of the
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Literal
+
 from jobs import republish, retry
 from jobs.coder import CoderClient, client_from_settings, is_transient
 from jobs.context import RunContext
 from jobs.errors import EXIT_COULD_NOT_CHECK, EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError, CoderUnavailable
 from jobs.log import summary
-from jobs.plan import Plan, report
+from jobs.plan import Plan, Report
 from jobs.settings import DoctorSettings
 from jobs.template_source import LocalTemplate, load_templates
 
+Drift = Report[Literal["drift"]]
 
-def drift(local: LocalTemplate, remote: republish.RemoteTemplate, configured: list[str] | None) -> Plan:
+
+def _drift(target: str, reason: str, details: Mapping[str, object] | None = None) -> Drift:
+    return Drift(kind="drift", target=target, reason=reason, details=details or {}, warn=True)
+
+
+def drift(local: LocalTemplate, remote: republish.RemoteTemplate, configured: list[str] | None) -> Plan[Drift]:
     """What republish-templates would change, and the external auth providers the template needs
     that coderd lacks (`configured` is None when the template needs none). Pure."""
-    found = [report("drift", a.target, f"{a.kind}: {a.reason}", a.details, warn=True)
-             for a in republish.plan(local, remote) if a.writes]
+    found = [_drift(a.target, f"{a.kind}: {a.reason}", a.details) for a in republish.plan(local, remote) if a.writes]
     missing = republish.missing_providers(local, configured) if configured is not None else []
     if missing:
-        found.append(report("drift", f"template/{local.name}", republish.external_auth_message(
+        found.append(_drift(f"template/{local.name}", republish.external_auth_message(
             local.name, missing, configured, written="nothing can be built from it"),
-            {"missing_external_auth": missing}, warn=True))
+            {"missing_external_auth": missing}))
     return Plan(tuple(found))
 
 
-def observe(client: CoderClient, settings: DoctorSettings, templates: list[LocalTemplate]) -> Plan:
+def observe(client: CoderClient, settings: DoctorSettings, templates: list[LocalTemplate]) -> Plan[Drift]:
     """One whole read of coderd, compared with the folders. A transient error propagates, so the
     caller reads everything again."""
     if not client.first_user_exists():
-        return Plan((report("drift", "user/first", "coderd has no first user (run recover)", warn=True),) + tuple(
-            report("drift", f"template/{t.name}", "cannot be checked before the first user exists", warn=True)
-            for t in templates))
-    found = Plan()
+        return Plan((_drift("user/first", "coderd has no first user (run recover)"),) + tuple(
+            _drift(f"template/{t.name}", "cannot be checked before the first user exists") for t in templates))
+    found: Plan[Drift] = Plan()
     preflight = republish.Preflight(client, settings.coder_organization)
     for local in templates:
         try:
@@ -50,7 +57,7 @@ def observe(client: CoderClient, settings: DoctorSettings, templates: list[Local
         except CoderAPIError as err:
             if is_transient(err):
                 raise
-            found += Plan((report("drift", f"template/{local.name}", f"cannot read it: {err.describe()}", warn=True),))
+            found += Plan((_drift(f"template/{local.name}", f"cannot read it: {err.describe()}"),))
             continue
         if remote.template is None:
             preflight.require_organization()  # exit 2 when CODER_ORGANIZATION is wrong

@@ -203,7 +203,9 @@ def api_client() -> ApiClient:
             cfg = Configuration()
             kconfig.load_incluster_config(client_configuration=cfg)
             return ApiClient(cfg)
-        return kconfig.new_client_from_config(config_file=_kubeconfig_path(), client_configuration=Configuration())
+        client: ApiClient = kconfig.new_client_from_config(config_file=_kubeconfig_path(),
+                                                           client_configuration=Configuration())
+        return client
     except (ConfigException, OSError, ValueError, TypeError, AttributeError) as exc:
         where = ("the in-cluster service account (KUBERNETES_SERVICE_HOST is set)" if os.environ.get("KUBERNETES_SERVICE_HOST")
                  else f"KUBECONFIG ({_kubeconfig_path()})")

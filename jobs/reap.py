@@ -31,21 +31,26 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import chain
-from typing import Any
+from typing import Any, Literal, assert_never
 
 from jobs.coder import CoderClient, client_from_settings
 from jobs.context import RunContext
 from jobs.errors import EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError, ConfigError, JobError
 from jobs.log import summary as log_summary
 from jobs.models import Workspace
-from jobs.plan import Action, Plan, log_action, report
+from jobs.plan import Plan, Report, log_action
 from jobs.reap_plan import (
     WORKSPACE_ID_LABEL,
     Candidate,
     Cluster,
-    Orphan,
+    DeleteOrphan,
+    ObjectKind,
+    QuotaPlan,
+    QuotaViolation,
+    ReapAction,
     Scan,
     ScanResult,
+    Stop,
     plan,
     quota_stop_plans,
     quota_violations,
@@ -65,6 +70,9 @@ SUMMARY_KEYS = ("scanned", "running", "idle", "stopped", "planned_stops", "defer
                 "quota_violations", "quota_stops", "orphans", "orphan_deployments", "orphan_secrets", "deleted", "skipped",
                 "failed")
 _OUTCOME_COUNTER = {"stopped": "stopped", "busy": "busy", "skipped": "skipped", "stop-failed": "failed"}
+# What apply did, one event each (phase=apply).
+StopOutcome = Literal["stopped", "busy", "skipped", "stop-failed"]
+Outcome = Report[Literal[StopOutcome, "deleted", "delete-failed"]]
 
 
 # -- observe -------------------------------------------------------------------------------
@@ -122,7 +130,7 @@ def observe_cluster(api: Any, listing: Listing, ns: str, log: Any) -> Cluster:
         usage = kube.quota_usage(kube.list_resource_quotas(api, ns))
     except kube.KubeAPIError as exc:
         usage_error = str(exc)
-    objects: list[tuple[str, kube.ObjectMetadata]] = []
+    objects: list[tuple[ObjectKind, kube.ObjectMetadata]] = []
     try:
         objects.extend(("pod", meta) for meta in kube.list_pods(api, ns, WORKSPACE_SELECTOR))
     except kube.KubeAPIError as exc:
@@ -146,10 +154,10 @@ def observe_cluster(api: Any, listing: Listing, ns: str, log: Any) -> Cluster:
 
 
 def observe_and_plan(listing: Listing, api: Any, settings: ReapSettings, policy: Policy, log: Any, *,
-                     dry_run: bool, delete_orphans: bool) -> Plan:
+                     dry_run: bool, delete_orphans: bool) -> Plan[ReapAction]:
     scan = scan_workspaces(listing, settings, policy, log, dry_run)
     violations = quota_violations(scan, settings.reap_max_workspaces_per_user, settings.reap_max_running_per_user)
-    quota = []
+    quota: list[tuple[str, QuotaPlan]] = []
     if settings.reap_quota_action == "stop" and settings.reap_max_running_per_user is not None:
         quota = quota_stop_plans(violations, lambda owner: listing.workspaces(f"owner:{owner} status:running"), scan,
                                  policy, settings.reap_max_running_per_user, settings.reap_max_stops)
@@ -161,7 +169,25 @@ def observe_and_plan(listing: Listing, api: Any, settings: ReapSettings, policy:
 
 
 # -- apply ---------------------------------------------------------------------------------
-def _stop_one(client: CoderClient, policy: Policy, c: Candidate, reason: str) -> tuple[str, str, dict[str, Any]]:
+def writes(p: Plan[ReapAction]) -> tuple[list[Stop], list[DeleteOrphan]]:
+    """The stops and the deletions the plan makes, in its order; the rest was only reported."""
+    stops: list[Stop] = []
+    deletions: list[DeleteOrphan] = []
+    for action in p:
+        match action:
+            case Stop():
+                stops.append(action)
+            case DeleteOrphan():
+                if action.writes:  # --delete-orphans
+                    deletions.append(action)
+            case QuotaViolation() | Report():
+                pass
+            case _:
+                assert_never(action)
+    return stops, deletions
+
+
+def _stop_one(client: CoderClient, policy: Policy, c: Candidate, reason: str) -> tuple[StopOutcome, str, dict[str, object]]:
     """(outcome, why, fields): the workspace is read again first, and stopped only if the stop still stands."""
     try:
         # The Date of the re-read, or of a concurrent stop's response: either is coderd's now to
@@ -183,19 +209,19 @@ def _stop_one(client: CoderClient, policy: Policy, c: Candidate, reason: str) ->
         return "stop-failed", str(err), {}
 
 
-def apply_stops(p: Plan, client: CoderClient, policy: Policy, concurrency: int, log: Any) -> Counter:
-    stops = p.of_kind("stop")
-    counts: Counter = Counter()
+def apply_stops(stops: list[Stop], client: CoderClient, policy: Policy, concurrency: int, log: Any) -> Counter[str]:
+    counts: Counter[str] = Counter()
     if not stops:
         return counts
     with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="reap-stop") as pool:
-        futures = [(a, pool.submit(_stop_one, client, policy, a.data, a.reason)) for a in stops]
+        futures = [(a, pool.submit(_stop_one, client, policy, a.candidate, a.reason)) for a in stops]
         try:
             for action, fut in futures:
                 outcome, why, extra = fut.result()
                 counts[_OUTCOME_COUNTER[outcome]] += 1
-                log_action(log, Action(outcome, action.target, why, {"workspace_id": action.data.id, **extra},
-                                       warn=outcome == "stop-failed"), dry_run=False, phase="apply")
+                log_action(log, Outcome(kind=outcome, target=action.target, reason=why, warn=outcome == "stop-failed",
+                                        details={"workspace_id": action.candidate.id, **extra}),
+                           dry_run=False, phase="apply")
         except BaseException:
             # SIGTERM (Terminated) lands here, in the main thread: issue no further stop builds.
             # Without this the pool's exit would run every queued stop before the job exits.
@@ -205,26 +231,24 @@ def apply_stops(p: Plan, client: CoderClient, policy: Policy, concurrency: int, 
     return counts
 
 
-def delete_orphans(p: Plan, api: Any, ns: str, log: Any) -> Counter:
-    """The orphans the plan writes (--delete-orphans), in its order: Deployments first."""
+def delete_orphans(deletions: list[DeleteOrphan], api: Any, ns: str, log: Any) -> Counter[str]:
+    """The orphans the plan deletes (--delete-orphans), in its order: Deployments first."""
     from jobs import kube
 
     deleters = {"deployment": kube.delete_deployment, "pod": kube.delete_pod, "secret": kube.delete_secret}
-    counts: Counter = Counter()
-    for action in p.of_kind("orphan"):
-        if not action.writes:
-            continue
-        orphan: Orphan = action.data
+    counts: Counter[str] = Counter()
+    for orphan in deletions:
         try:
-            deleted = deleters[orphan.kind](api, ns, orphan.name, orphan.uid)
+            deleted = deleters[orphan.resource](api, ns, orphan.name, orphan.uid)
         except kube.KubeAPIError as exc:
             counts["failed"] += 1
-            log_action(log, report("delete-failed", action.target, str(exc), warn=True), dry_run=False, phase="apply")
+            log_action(log, Outcome(kind="delete-failed", target=orphan.target, reason=str(exc), warn=True),
+                       dry_run=False, phase="apply")
             continue
         if deleted:  # False: already gone
             counts["deleted"] += 1
-            log_action(log, Action("deleted", action.target, "orphan", {"workspace_id": orphan.workspace_id}),
-                       dry_run=False, phase="apply")
+            log_action(log, Outcome(kind="deleted", target=orphan.target, reason="orphan",
+                                    details={"workspace_id": orphan.workspace_id}), dry_run=False, phase="apply")
     return counts
 
 
@@ -253,9 +277,10 @@ def run(settings: ReapSettings, ctx: RunContext) -> int:
                 log_action(ctx.log, action, ctx.dry_run)
             counts = Counter(p.counts)
             if not ctx.dry_run:
-                counts.update(apply_stops(p, client, policy, settings.reap_concurrency, ctx.log))
+                stops, deletions = writes(p)
+                counts.update(apply_stops(stops, client, policy, settings.reap_concurrency, ctx.log))
                 if api is not None and ns:
-                    counts.update(delete_orphans(p, api, ns, ctx.log))
+                    counts.update(delete_orphans(deletions, api, ns, ctx.log))
             summary = {k: counts.get(k, 0) for k in SUMMARY_KEYS}
             changed = summary["planned_stops"] if ctx.dry_run else summary["stopped"] + summary["deleted"]
             log_summary(ctx.log, checked=summary["scanned"], **{**summary, "changed": changed}, dry_run=ctx.dry_run,

@@ -21,10 +21,10 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from jobs.models import ZERO_TIME, Workspace
-from jobs.plan import Action, Plan, report
+from jobs.plan import Action, Plan, Report
 from jobs.reap_rules import Policy
 
 if TYPE_CHECKING:  # plain data from jobs.kube; the kubernetes package itself is not needed here
@@ -39,6 +39,44 @@ WORKSPACE_ID_LABEL = "com.coder.workspace.id"
 QUOTA_WARN_RATIO = 0.9
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 _ORPHAN_COUNTER = {"pod": "orphans", "deployment": "orphan_deployments", "secret": "orphan_secrets"}
+
+# What a reap pass reports and never writes; the per-workspace ones are logged as the listing streams by.
+Finding = Report[Literal["deferred", "exempt", "unknown", "busy", "quota-unresolved", "kube-check-failed", "quota-usage",
+                         "quota-usage-high", "unlabelled"]]
+ObjectKind = Literal["pod", "deployment", "secret"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Stop(Action):
+    """Post a stop build for `candidate`, once a fresh read still finds it stoppable for `reason`
+    (idle or quota)."""
+
+    kind: Literal["stop"] = field(default="stop", init=False)
+    candidate: Candidate
+
+
+@dataclass(frozen=True, kw_only=True)
+class QuotaViolation(Report[Literal["quota-violation"]]):
+    kind: Literal["quota-violation"] = field(default="quota-violation", init=False)
+    warn: bool = field(default=True, init=False)
+    owner: str
+    quota: Literal["workspaces", "running"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class DeleteOrphan(Action):
+    """An object of a workspace that coderd does not know or has stopped. Reported always, and
+    deleted (`writes`) only with --delete-orphans; the uid guards a same-named successor."""
+
+    kind: Literal["orphan"] = field(default="orphan", init=False)
+    warn: bool = field(default=True, init=False)
+    resource: ObjectKind
+    name: str
+    uid: str | None
+    workspace_id: str
+
+
+ReapAction = Stop | QuotaViolation | DeleteOrphan | Finding
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -98,8 +136,8 @@ class Candidate:
     def target(self) -> str:
         return f"workspace/{self.owner}/{self.name}"
 
-    def details(self, now: datetime) -> dict[str, Any]:
-        out: dict[str, Any] = {
+    def details(self, now: datetime) -> dict[str, object]:
+        out: dict[str, object] = {
             "workspace_id": self.id,
             "owner": self.owner,
             "template": self.template,
@@ -189,9 +227,13 @@ def recheck(ws: Workspace | None, now: datetime, policy: Policy, reason: str) ->
 class ScanResult:
     now: datetime
     stops: list[Candidate]  # oldest idle first, at most max_stops
-    counts: Counter
-    running_by_owner: Counter
-    total_by_owner: Counter | None  # None when totals were not counted
+    counts: Counter[str]
+    running_by_owner: Counter[str]
+    total_by_owner: Counter[str] | None  # None when totals were not counted
+
+
+_FINDING_OF: dict[str, Literal["exempt", "unknown", "busy"]] = {
+    "prebuild": "exempt", "exempt": "exempt", "unknown": "unknown", "busy": "busy"}
 
 
 class Scan:
@@ -205,13 +247,13 @@ class Scan:
         self.now = now
         self.policy = policy
         self.max_stops = max_stops
-        self.counts: Counter = Counter()
-        self.running_by_owner: Counter = Counter()
-        self.total_by_owner: Counter | None = Counter() if count_totals else None
+        self.counts: Counter[str] = Counter()
+        self.running_by_owner: Counter[str] = Counter()
+        self.total_by_owner: Counter[str] | None = Counter() if count_totals else None
         self._heap: list[tuple[Any, ...]] = []  # max-heap on age: (-idle_since_ts, neg name keys..., candidate)
         self._in_heap: set[str] = set()
 
-    def add(self, ws: Workspace) -> list[Action]:
+    def add(self, ws: Workspace) -> list[Finding]:
         self.counts["scanned"] += 1
         prebuild = is_prebuild(ws)
         if self.total_by_owner is not None and not prebuild:
@@ -230,16 +272,16 @@ class Scan:
             assert v.idle_since is not None and v.idle_after is not None
             self.counts["idle"] += 1
             return self._offer(candidate(ws, v.idle_since, v.idle_after, v.source))
-        kind = {"prebuild": "exempt", "exempt": "exempt", "unknown": "unknown", "busy": "busy"}[v.kind]
+        kind = _FINDING_OF[v.kind]
         self.counts[kind] += 1
-        details: dict[str, Any] = {"workspace_id": ws.id, "owner": ws.owner_name, "template": ws.template_name}
+        details: dict[str, object] = {"workspace_id": ws.id, "owner": ws.owner_name, "template": ws.template_name}
         if kind == "unknown":
             details["last_used_at"] = _iso(ws.last_used_at)
         if v.source:
             details["policy"] = v.source
-        return [report(kind, target(ws), v.reason, details)]
+        return [Finding(kind=kind, target=target(ws), reason=v.reason, details=details)]
 
-    def _offer(self, c: Candidate) -> list[Action]:
+    def _offer(self, c: Candidate) -> list[Finding]:
         if c.id in self._in_heap:  # the same row seen twice across shifting pages
             self.counts["idle"] -= 1
             return []
@@ -255,8 +297,8 @@ class Scan:
         else:
             out = c
         self.counts["deferred"] += 1
-        return [report("deferred", out.target, f"over REAP_MAX_STOPS={self.max_stops} this run; younger idle than the stops",
-                       out.details(self.now))]
+        return [Finding(kind="deferred", target=out.target, details=out.details(self.now),
+                        reason=f"over REAP_MAX_STOPS={self.max_stops} this run; younger idle than the stops")]
 
     def finish(self) -> ScanResult:
         stops = sorted(c for _, c in self._heap)
@@ -268,20 +310,23 @@ def _neg(text: str) -> tuple[int, ...]:
     return tuple(-ord(ch) for ch in text) + (1,)
 
 
-def quota_violations(result: ScanResult, max_total: int | None, max_running: int | None) -> list[Action]:
+def quota_violations(result: ScanResult, max_total: int | None, max_running: int | None) -> list[QuotaViolation]:
     """One report action per owner and limit exceeded, sorted by owner."""
-    out: list[Action] = []
+    out: list[QuotaViolation] = []
     if max_total is not None and result.total_by_owner is not None:
         for owner, n in sorted(result.total_by_owner.items()):
             if n > max_total:
-                out.append(report("quota-violation", f"user/{owner}",
-                                  f"{n} workspaces > REAP_MAX_WORKSPACES_PER_USER={max_total}",
-                                  {"owner": owner, "quota": "workspaces", "count": n, "limit": max_total}, warn=True))
+                out.append(QuotaViolation(
+                    target=f"user/{owner}", reason=f"{n} workspaces > REAP_MAX_WORKSPACES_PER_USER={max_total}",
+                    details={"owner": owner, "quota": "workspaces", "count": n, "limit": max_total},
+                    owner=owner, quota="workspaces"))
     if max_running is not None:
         for owner, n in sorted(result.running_by_owner.items()):
             if n > max_running:
-                out.append(report("quota-violation", f"user/{owner}", f"{n} running > REAP_MAX_RUNNING_PER_USER={max_running}",
-                                  {"owner": owner, "quota": "running", "count": n, "limit": max_running}, warn=True))
+                out.append(QuotaViolation(
+                    target=f"user/{owner}", reason=f"{n} running > REAP_MAX_RUNNING_PER_USER={max_running}",
+                    details={"owner": owner, "quota": "running", "count": n, "limit": max_running},
+                    owner=owner, quota="running"))
     return out
 
 
@@ -340,7 +385,7 @@ class QuotaPlan:
     unresolved: int  # cannot be stopped: exempt, busy or unknown last_used_at
 
 
-def quota_stop_plans(violations: list[Action], owner_running: Callable[[str], Iterable[Workspace]], scan: ScanResult,
+def quota_stop_plans(violations: list[QuotaViolation], owner_running: Callable[[str], Iterable[Workspace]], scan: ScanResult,
                      policy: Policy, limit: int, max_stops: int) -> list[tuple[str, QuotaPlan]]:
     """Quota stops for each owner over REAP_MAX_RUNNING_PER_USER, in owner order, sharing what is left
     of REAP_MAX_STOPS after the idle stops. `owner_running(owner)` streams that owner's running
@@ -349,34 +394,23 @@ def quota_stop_plans(violations: list[Action], owner_running: Callable[[str], It
     remaining = max_stops - len(scan.stops)
     out: list[tuple[str, QuotaPlan]] = []
     for v in violations:
-        if v.details["quota"] != "running":
+        if v.quota != "running":
             continue
-        owner = str(v.details["owner"])
-        qp = plan_quota_stops(owner_running(owner), limit, planned, scan.now, policy, keep=max(0, remaining))
+        qp = plan_quota_stops(owner_running(v.owner), limit, planned, scan.now, policy, keep=max(0, remaining))
         planned.update(c.id for c in qp.stops)
         remaining -= len(qp.stops)
-        out.append((owner, qp))
+        out.append((v.owner, qp))
     return out
 
 
 # -- the workspace namespace ---------------------------------------------------------------
-@dataclass(frozen=True)
-class Orphan:
-    """The payload of an orphan action: what apply deletes (the uid guards a same-named successor)."""
-
-    kind: str  # pod | deployment | secret
-    name: str
-    uid: str | None
-    workspace_id: str
-
-
 @dataclass(frozen=True)
 class Cluster:
     """What reap observed in the workspace namespace, and coderd's view of the workspaces named there."""
 
     namespace: str
     usage: list[QuotaUsage] | None  # None: the ResourceQuotas could not be listed (usage_error says why)
-    objects: list[tuple[str, ObjectMetadata]]  # (pod | deployment | secret, metadata), as listed
+    objects: list[tuple[ObjectKind, ObjectMetadata]]  # as listed
     live: Mapping[str, Workspace]  # by lower-case id
     usage_error: str = ""
 
@@ -389,7 +423,7 @@ def object_workspace(kind: str, meta: ObjectMetadata) -> str | None:
     return wid if _UUID.match(wid) else None
 
 
-def workspace_ids(objects: Iterable[tuple[str, ObjectMetadata]]) -> list[str]:
+def workspace_ids(objects: Iterable[tuple[ObjectKind, ObjectMetadata]]) -> list[str]:
     """The workspaces coderd is asked about."""
     return sorted({wid for kind, meta in objects if (wid := object_workspace(kind, meta)) is not None})
 
@@ -397,34 +431,35 @@ def workspace_ids(objects: Iterable[tuple[str, ObjectMetadata]]) -> list[str]:
 _DELETE_ORDER = {"deployment": 0, "pod": 1, "secret": 2}  # controllers first, the credentials last
 
 
-def cluster_findings(cluster: Cluster, *, delete_orphans: bool) -> tuple[list[Action], Counter]:
+def cluster_findings(cluster: Cluster, *, delete_orphans: bool) -> tuple[list[Finding | DeleteOrphan], Counter[str]]:
     """Quota usage, unlabelled objects, and orphans: objects of a workspace coderd does not know or
     has stopped. Orphans are deleted (written) only with delete_orphans, Deployments first so that
     their ReplicaSets do not recreate the pods deleted next."""
-    ns, actions = cluster.namespace, []
-    counts: Counter = Counter()
+    ns = cluster.namespace
+    actions: list[Finding | DeleteOrphan] = []
+    counts: Counter[str] = Counter()
     if cluster.usage is None:
         counts["failed"] += 1
-        actions.append(report("kube-check-failed", f"resourcequotas/{ns}", cluster.usage_error))
+        actions.append(Finding(kind="kube-check-failed", target=f"resourcequotas/{ns}", reason=cluster.usage_error))
     for u in cluster.usage or []:
         high = u.ratio >= QUOTA_WARN_RATIO
         counts["kube_quota_warnings"] += high
-        actions.append(report("quota-usage-high" if high else "quota-usage", f"resourcequota/{u.namespace}/{u.name}",
-                              f"{u.resource} at {u.ratio:.0%} of hard" if high else "",
-                              {"resource": u.resource, "used": u.used, "hard": u.hard, "percent": round(u.ratio * 100, 1)},
-                              warn=high))
-    by_id: dict[str, list[tuple[str, ObjectMetadata]]] = {}
+        actions.append(Finding(
+            kind="quota-usage-high" if high else "quota-usage", target=f"resourcequota/{u.namespace}/{u.name}",
+            reason=f"{u.resource} at {u.ratio:.0%} of hard" if high else "", warn=high,
+            details={"resource": u.resource, "used": u.used, "hard": u.hard, "percent": round(u.ratio * 100, 1)}))
+    by_id: dict[str, list[tuple[ObjectKind, ObjectMetadata]]] = {}
     for kind, meta in cluster.objects:
         wid = object_workspace(kind, meta)
         if wid is not None:
             by_id.setdefault(wid, []).append((kind, meta))
         elif kind == "secret":
-            actions.append(report("unlabelled", f"secret/{ns}/{meta.name}",
-                                  f"not a credentials Secret (coder-<{WORKSPACE_ID_LABEL}>-credentials); never deleted"))
+            actions.append(Finding(kind="unlabelled", target=f"secret/{ns}/{meta.name}",
+                                   reason=f"not a credentials Secret (coder-<{WORKSPACE_ID_LABEL}>-credentials); never deleted"))
         else:
-            actions.append(report("unlabelled", f"{kind}/{ns}/{meta.name}",
-                                  f"no valid {WORKSPACE_ID_LABEL} label; never deleted"))
-    orphans: list[Action] = []
+            actions.append(Finding(kind="unlabelled", target=f"{kind}/{ns}/{meta.name}",
+                                   reason=f"no valid {WORKSPACE_ID_LABEL} label; never deleted"))
+    orphans: list[DeleteOrphan] = []
     for wid in sorted(by_id):
         ws = cluster.live.get(wid)
         if ws is not None and not is_stopped(ws):
@@ -433,35 +468,37 @@ def cluster_findings(cluster: Cluster, *, delete_orphans: bool) -> tuple[list[Ac
             f"workspace {ws.owner_name}/{ws.name} is stopped"
         for kind, meta in by_id[wid]:
             counts[_ORPHAN_COUNTER[kind]] += 1
-            orphans.append(Action("orphan", f"{kind}/{ns}/{meta.name}", why, {"workspace_id": wid},
-                                  data=Orphan(kind, meta.name, meta.uid, wid), writes=delete_orphans, warn=True))
-    actions += sorted(orphans, key=lambda a: _DELETE_ORDER[a.data.kind])
+            orphans.append(DeleteOrphan(target=f"{kind}/{ns}/{meta.name}", reason=why, details={"workspace_id": wid},
+                                        writes=delete_orphans, resource=kind, name=meta.name, uid=meta.uid, workspace_id=wid))
+    orphans.sort(key=lambda a: _DELETE_ORDER[a.resource])
+    actions += orphans
     return actions, counts
 
 
 # -- the plan ------------------------------------------------------------------------------
-def plan(scan: ScanResult, violations: list[Action], quota: list[tuple[str, QuotaPlan]], cluster: Cluster | None, *,
-         max_stops: int, running_limit: int | None, delete_orphans: bool) -> Plan:
+def plan(scan: ScanResult, violations: list[QuotaViolation], quota: list[tuple[str, QuotaPlan]], cluster: Cluster | None, *,
+         max_stops: int, running_limit: int | None, delete_orphans: bool) -> Plan[ReapAction]:
     """Every action of the pass, in the order apply takes them: the idle stops, the quota reports
     and stops, then what the workspace namespace holds. Counts what was looked at on the way."""
     counts = Counter(scan.counts)
-    actions = [Action("stop", c.target, "idle", c.details(scan.now), data=c) for c in scan.stops]
+    actions: list[ReapAction] = [Stop(target=c.target, reason="idle", details=c.details(scan.now), candidate=c)
+                                 for c in scan.stops]
     actions += violations
     counts["quota_violations"] += len(violations)
     quota_stops = 0
     for owner, qp in quota:
-        actions += [Action("stop", c.target, "quota", {**c.details(scan.now), "running": qp.running, "limit": running_limit},
-                           data=c) for c in qp.stops]
+        actions += [Stop(target=c.target, reason="quota", candidate=c,
+                         details={**c.details(scan.now), "running": qp.running, "limit": running_limit}) for c in qp.stops]
         quota_stops += len(qp.stops)
         if qp.deferred:
             counts["deferred"] += qp.deferred
-            actions.append(report("deferred", f"user/{owner}", f"quota stops over REAP_MAX_STOPS={max_stops}",
-                                  {"owner": owner, "count": qp.deferred}))
+            actions.append(Finding(kind="deferred", target=f"user/{owner}", reason=f"quota stops over REAP_MAX_STOPS={max_stops}",
+                                   details={"owner": owner, "count": qp.deferred}))
         if qp.unresolved:
-            actions.append(report("quota-unresolved", f"user/{owner}",
-                                  "running over the limit, but the rest are exempt, busy or of unknown use",
-                                  {"owner": owner, "count": qp.unresolved, "running": qp.running, "limit": running_limit},
-                                  warn=True))
+            actions.append(Finding(
+                kind="quota-unresolved", target=f"user/{owner}", warn=True,
+                reason="running over the limit, but the rest are exempt, busy or of unknown use",
+                details={"owner": owner, "count": qp.unresolved, "running": qp.running, "limit": running_limit}))
     counts["planned_stops"] += len(scan.stops) + quota_stops
     counts["quota_stops"] += quota_stops
     if cluster is not None:

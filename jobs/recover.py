@@ -17,16 +17,18 @@ def run(settings: RecoverSettings, ctx: RunContext) -> int:
     templates = load_templates(settings.templates_dir, settings.template_names())  # bad input fails first
     with client_from_settings(settings) as client:
         client.wait_ready()
-        actions = bootstrap_admin.converge(client, settings, ctx)
-        if ctx.dry_run and actions.of_kind("create-first-user"):
+        admin = bootstrap_admin.converge(client, settings, ctx)
+        creates = bool(admin.of_type(bootstrap_admin.CreateFirstUser))
+        templates_plan: Plan[republish.RepublishAction] = Plan()
+        if ctx.dry_run and creates:
             # Nobody to log in as yet, so nothing to read: every template would be created.
-            planned = sum((republish.plan(t, republish.RemoteTemplate(None)) for t in templates), Plan())
-            log_plan(ctx.log, planned, dry_run=True)
-            actions += planned
+            for t in templates:
+                templates_plan += republish.plan(t, republish.RemoteTemplate(None))
+            log_plan(ctx.log, templates_plan, dry_run=True)
         else:
-            created = actions.of_kind("create-first-user") and not ctx.dry_run
-            written = f"the first user {settings.coder_admin_username} was created" if created else None
-            actions += republish.converge(client, settings, ctx, templates, written=written)
-    summary(ctx.log, checked=len(actions), changed=sum(a.writes for a in actions), dry_run=ctx.dry_run,
+            written = f"the first user {settings.coder_admin_username} was created" if creates and not ctx.dry_run else None
+            templates_plan = republish.converge(client, settings, ctx, templates, written=written)
+        actions = admin + templates_plan
+    summary(ctx.log, checked=len(actions), changed=actions.writes, dry_run=ctx.dry_run,
             templates=[t.name for t in templates])
     return EXIT_OK

@@ -17,8 +17,8 @@ CODER_ORGANIZATION) ends the run, since every other template would meet it too.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal, assert_never
 
 from jobs import retry
 from jobs.archive import files_from_tar, fingerprint
@@ -27,7 +27,7 @@ from jobs.context import RunContext
 from jobs.errors import EXIT_OK, CoderAPIError, ConcurrentChange, ConfigError, JobError, TemplateError
 from jobs.log import summary
 from jobs.models import ProvisionerJobLog, Template, TemplateVersion
-from jobs.plan import Action, Plan, log_plan, report
+from jobs.plan import Action, Plan, Report, log_plan
 from jobs.settings import ExternalAuthSettings, TemplatesSettings
 from jobs.template_source import LocalTemplate, load_templates
 
@@ -40,7 +40,6 @@ _COPIED_META = (
     "time_til_dormant_ms", "time_til_dormant_autodelete_ms", "require_active_version", "deprecation_message",
     "autostop_requirement", "autostart_requirement", "max_port_share_level",
 )
-_BUILDS = {"create-template", "publish-version"}
 _REDACTED = "*redacted*"
 EXTERNAL_AUTH_SECRET = ExternalAuthSettings.model_fields["external_auth_target_secret"].default
 RUNBOOK_EXTERNAL_AUTH = "RUNBOOK.md section 2, 'Templates missing or stale', step 5"
@@ -155,34 +154,62 @@ def _active_values(client: CoderClient, version: TemplateVersion) -> dict[str, s
 
 
 # -- plan (pure) -----------------------------------------------------------------------
-def plan(local: LocalTemplate, remote: RemoteTemplate) -> Plan:
+@dataclass(frozen=True, kw_only=True)
+class CreateTemplate(Action):
+    kind: Literal["create-template"] = field(default="create-template", init=False)
+    parameter_flow: bool  # coderd knows `use_classic_parameter_flow`
+
+
+@dataclass(frozen=True, kw_only=True)
+class PublishVersion(Action):
+    """Build a version of the folder and make it the template's active one."""
+
+    kind: Literal["publish-version"] = field(default="publish-version", init=False)
+    template: Template
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateSettings(Action):
+    kind: Literal["update-settings"] = field(default="update-settings", init=False)
+    template: Template
+    parameter_flow: bool
+
+
+RepublishAction = CreateTemplate | PublishVersion | UpdateSettings | Report[Literal["nothing"]]
+
+
+def plan(local: LocalTemplate, remote: RemoteTemplate) -> Plan[RepublishAction]:
     target = f"template/{local.name}"
     if remote.template is None:
-        details: dict[str, Any] = {"fingerprint": local.fingerprint}
+        details: dict[str, object] = {"fingerprint": local.fingerprint}
         if remote.parameter_flow:
             details["use_classic_parameter_flow"] = local.settings.use_classic_parameter_flow
-        return Plan((Action("create-template", target, "missing on coderd", details),))
-    actions = []
+        return Plan((CreateTemplate(target=target, reason="missing on coderd", details=details,
+                                    parameter_flow=remote.parameter_flow),))
+    template = remote.template
+    actions: list[RepublishAction] = []
     same_content = remote.active_content == local.fingerprint
     wanted_vars = local.variables_fingerprint()
     differing = differing_variables(local, remote.active_values) if remote.active_values is not None else []
     same_vars = remote.active_variables in (None, wanted_vars) and not differing
     if not same_content:
-        actions.append(Action("publish-version", target, "active version's content differs",
-                              {"fingerprint": local.fingerprint, "active_fingerprint": remote.active_content}))
+        actions.append(PublishVersion(target=target, reason="active version's content differs", template=template,
+                                      details={"fingerprint": local.fingerprint, "active_fingerprint": remote.active_content}))
     elif not same_vars:
         details = {"fingerprint": local.fingerprint}
         if differing:
             details["variables"] = differing
-        actions.append(Action("publish-version", target, "template variable values changed", details))
-    diff = settings_diff(local, remote.template, remote.parameter_flow)
+        actions.append(PublishVersion(target=target, reason="template variable values changed", details=details,
+                                      template=template))
+    diff = settings_diff(local, template, remote.parameter_flow)
     if diff:
-        actions.append(Action("update-settings", target, "settings differ", {"changes": sorted(diff)}))
+        actions.append(UpdateSettings(target=target, reason="settings differ", details={"changes": sorted(diff)},
+                                      template=template, parameter_flow=remote.parameter_flow))
     if not actions:
         reason = "active version and settings are current"
         if remote.active_variables is None:
             reason = "adopted: the active version (pushed by hand) has identical content"
-        actions.append(report("nothing", target, reason, {"fingerprint": local.fingerprint}))
+        actions.append(Report(kind="nothing", target=target, reason=reason, details={"fingerprint": local.fingerprint}))
     return Plan(tuple(actions))
 
 
@@ -221,10 +248,11 @@ class Preflight:
             self._providers = self.client.external_auth_providers()
         return self._providers
 
-    def check(self, local: LocalTemplate, remote: RemoteTemplate, p: Plan) -> None:
-        if remote.template is None:
+    def check(self, local: LocalTemplate, p: Plan[RepublishAction]) -> None:
+        if p.of_type(CreateTemplate):
             self.require_organization()
-        if not p.of_kind(*_BUILDS) or not local.external_auth:
+        builds = any(isinstance(a, CreateTemplate | PublishVersion) for a in p)
+        if not builds or not local.external_auth:
             return
         missing = missing_providers(local, self.providers())
         if missing:
@@ -244,18 +272,21 @@ class Publisher:
         # so a retry never builds the same content twice.
         self._built: dict[tuple[str, str | None], TemplateVersion] = {}
 
-    def apply(self, local: LocalTemplate, remote: RemoteTemplate, p: Plan) -> None:
+    def apply(self, local: LocalTemplate, p: Plan[RepublishAction]) -> None:
         for action in p:
-            if action.kind == "create-template":
-                self.create_template(local, remote.parameter_flow)
-            elif action.kind == "publish-version":
-                assert remote.template is not None
-                version = self.build_version(local, remote.template.id)
-                self.client.activate_version(remote.template.id, version.id)
-                self.log.info("activated version", template=local.name, version=version.name, version_id=version.id)
-            elif action.kind == "update-settings":
-                assert remote.template is not None
-                self.update_settings(local, remote.template, remote.parameter_flow)
+            match action:
+                case CreateTemplate(parameter_flow=flow):
+                    self.create_template(local, flow)
+                case PublishVersion(template=template):
+                    version = self.build_version(local, template.id)
+                    self.client.activate_version(template.id, version.id)
+                    self.log.info("activated version", template=local.name, version=version.name, version_id=version.id)
+                case UpdateSettings(template=template, parameter_flow=flow):
+                    self.update_settings(local, template, flow)
+                case Report():
+                    pass
+                case _:
+                    assert_never(action)
 
     def create_template(self, local: LocalTemplate, parameter_flow: bool) -> None:
         version = self.build_version(local, None)
@@ -350,21 +381,20 @@ class Publisher:
 
 
 def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
-             templates: list[LocalTemplate] | None = None, written: str | None = None) -> Plan:
+             templates: list[LocalTemplate] | None = None, written: str | None = None) -> Plan[RepublishAction]:
     if templates is None:
         templates = load_templates(settings.templates_dir, settings.template_names())
     publisher = Publisher(client, settings, ctx.log)
     preflight = Preflight(client, settings.coder_organization, written)
-    done = Plan()
+    done: Plan[RepublishAction] = Plan()
     failed: list[str] = []
     for local in templates:
-        def one(local: LocalTemplate = local) -> Plan:
-            remote = observe(client, settings.coder_organization, local)
-            p = plan(local, remote)
+        def one(local: LocalTemplate = local) -> Plan[RepublishAction]:
+            p = plan(local, observe(client, settings.coder_organization, local))
             log_plan(ctx.log, p, ctx.dry_run)
-            preflight.check(local, remote, p)
+            preflight.check(local, p)
             if not ctx.dry_run:
-                publisher.apply(local, remote, p)
+                publisher.apply(local, p)
             return p
 
         try:
@@ -375,7 +405,7 @@ def converge(client: CoderClient, settings: TemplatesSettings, ctx: RunContext,
             failed.append(local.name)
     if failed:
         others = "; the others converged" if len(failed) < len(templates) else ""
-        summary(ctx.log, checked=len(templates), changed=sum(a.writes for a in done), failed=len(failed),
+        summary(ctx.log, checked=len(templates), changed=done.writes, failed=len(failed),
                 dry_run=ctx.dry_run)
         raise JobError(f"{len(failed)} of {len(templates)} templates did not converge: {', '.join(failed)} "
                        f"(each one's cause is logged above){others}")
@@ -387,5 +417,5 @@ def run(settings: TemplatesSettings, ctx: RunContext) -> int:
     with client_from_settings(settings) as client:
         client.wait_ready()
         actions = converge(client, settings, ctx, templates)
-    summary(ctx.log, checked=len(templates), changed=sum(a.writes for a in actions), dry_run=ctx.dry_run)
+    summary(ctx.log, checked=len(templates), changed=actions.writes, dry_run=ctx.dry_run)
     return EXIT_OK

@@ -23,7 +23,7 @@ import base64
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, assert_never
 
 from jobs import kube, retry
 from jobs.context import RunContext
@@ -46,6 +46,7 @@ PROVIDER_TYPE = "github"
 SOURCE_KEY = "value"
 
 PAST = {"create": "created", "update": "updated", "adopt": "adopted"}
+
 MAX_ATTEMPTS = 5  # write attempts on the target before giving up on a busy object
 
 
@@ -125,16 +126,44 @@ class TargetState:
         return self.labels.get(MANAGED_BY_LABEL) == MANAGED_LABELS[MANAGED_BY_LABEL]
 
 
-@dataclass(frozen=True)
-class SecretStep:
-    """What the plan does to the target Secret: the payload of its first action."""
+@dataclass(frozen=True, kw_only=True)
+class SecretStep(Action):
+    """What the plan does to the target Secret, always its first action: the metadata written
+    with the values, and the checksums and key names that the log and the Event show."""
 
-    kind: str  # "create" | "update" | "adopt" | "nothing"
     labels: dict[str, str]
     annotations: dict[str, str]
     checksum: str
     previous_checksum: str | None
     changed_keys: tuple[str, ...]
+
+    @property
+    def change(self) -> str:
+        """create | update | adopt | nothing"""
+        return self.kind.removesuffix("-secret")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateSecret(SecretStep):
+    kind: Literal["create-secret"] = field(default="create-secret", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class UpdateSecret(SecretStep):
+    kind: Literal["update-secret"] = field(default="update-secret", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdoptSecret(SecretStep):
+    """Take over a Secret coder-jobs did not create (--adopt)."""
+
+    kind: Literal["adopt-secret"] = field(default="adopt-secret", init=False)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SecretUnchanged(SecretStep):
+    kind: Literal["nothing"] = field(default="nothing", init=False)
+    writes: bool = field(default=False, init=False)
 
 
 @dataclass(frozen=True)
@@ -145,25 +174,30 @@ class DeploymentState:
     checksum: str | None = None
 
 
-@dataclass(frozen=True)
-class Rollout:
-    """The payload of the roll-deployment action: patch the pod template (unless it already carries
-    the checksum, or the Deployment is missing), then clear the rollout-pending marker."""
+@dataclass(frozen=True, kw_only=True)
+class RollDeployment(Action):
+    """Patch coderd's pod template (unless it already carries the checksum, or the Deployment is
+    missing), then clear the rollout-pending marker."""
 
+    kind: Literal["roll-deployment"] = field(default="roll-deployment", init=False)
     deployment: str
     checksum: str
     patch: bool
     found: bool
 
 
-def secret_step(p: Plan) -> SecretStep:
-    step = p.actions[0].data
-    assert isinstance(step, SecretStep), "a sync-external-auth plan starts with its Secret"
+SecretWrite = CreateSecret | UpdateSecret | AdoptSecret
+ExternalAuthAction = SecretWrite | SecretUnchanged | RollDeployment
+
+
+def secret_step(p: Plan[ExternalAuthAction]) -> SecretStep:
+    """The plan's Secret action: `plan()` puts exactly one in every plan."""
+    (step,) = p.of_type(SecretStep)
     return step
 
 
-def rollout_step(p: Plan) -> Rollout | None:
-    return next((a.data for a in p.of_kind("roll-deployment")), None)
+def rollout_step(p: Plan[ExternalAuthAction]) -> RollDeployment | None:
+    return next(iter(p.of_type(RollDeployment)), None)
 
 
 def rollout_may_be_due(target: TargetState | None, data: Mapping[str, str]) -> bool:
@@ -173,16 +207,16 @@ def rollout_may_be_due(target: TargetState | None, data: Mapping[str, str]) -> b
     return {k: v.encode() for k, v in data.items()} != target.data
 
 
-def _rollout(deployment: str, namespace: str, digest: str, why: str, state: DeploymentState | None) -> Action:
+def _rollout(deployment: str, namespace: str, digest: str, why: str, state: DeploymentState | None) -> RollDeployment:
     # Not observed (a pure caller): assume it needs the patch.
     found = state is None or state.found
     patch = state is None or (state.found and state.checksum != digest)
-    return Action("roll-deployment", f"deployment/{namespace}/{deployment}", why, {"checksum": short(digest)},
-                  data=Rollout(deployment, digest, patch, found))
+    return RollDeployment(target=f"deployment/{namespace}/{deployment}", reason=why, details={"checksum": short(digest)},
+                          deployment=deployment, checksum=digest, patch=patch, found=found)
 
 
-def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str, name: str,
-         adopt: bool = False, deployment: str | None = None, deployment_state: DeploymentState | None = None) -> Plan:
+def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str, name: str, adopt: bool = False,
+         deployment: str | None = None, deployment_state: DeploymentState | None = None) -> Plan[ExternalAuthAction]:
     """Decide what to do, from the observed target (and Deployment) alone. Raises ConfigError for a
     target we must not overwrite (exists, not managed by coder-jobs, no --adopt)."""
     digest = checksum(data)
@@ -193,9 +227,9 @@ def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str,
         annotations = {CHECKSUM_ANNOTATION: digest}
         if deployment is not None:
             annotations[ROLLOUT_PENDING_ANNOTATION] = digest
-        step = SecretStep("create", labels, annotations, digest, None, tuple(sorted(data)))
-        actions = [Action("create-secret", ref, "the target Secret does not exist",
-                          {"keys": sorted(data), "checksum": short(digest)}, data=step)]
+        actions: list[ExternalAuthAction] = [CreateSecret(
+            target=ref, reason="the target Secret does not exist", details={"keys": sorted(data), "checksum": short(digest)},
+            labels=labels, annotations=annotations, checksum=digest, previous_checksum=None, changed_keys=tuple(sorted(data)))]
         if deployment is not None:
             actions.append(_rollout(deployment, namespace, digest, "new external-auth values", deployment_state))
         return Plan(tuple(actions))
@@ -217,24 +251,21 @@ def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str,
     if deployment is not None and data_changed:
         annotations[ROLLOUT_PENDING_ANNOTATION] = digest
 
+    step: type[AdoptSecret] | type[UpdateSecret] | type[SecretUnchanged]
+    details: dict[str, object] = {"checksum": short(digest)}
     if not target.managed:
-        kind, reason = "adopt", "--adopt: taking over a Secret that coder-jobs did not create"
+        step, reason = AdoptSecret, "--adopt: taking over a Secret that coder-jobs did not create"
     elif data_changed or labels != target.labels or previous != digest:
-        kind = "update"
         what = [f"keys {', '.join(changed)}"] if changed else []
         what += ["labels"] if labels != target.labels else []
         what += ["checksum annotation"] if previous != digest else []
-        reason = "differs: " + ", ".join(what)
+        step, reason = UpdateSecret, "differs: " + ", ".join(what)
     else:
-        kind, reason = "nothing", "up to date"
-
-    step = SecretStep(kind, labels, annotations, digest, previous, changed)
-    details: dict[str, Any] = {"checksum": short(digest)}
-    if kind == "nothing":
-        actions = [Action("nothing", ref, reason, details, data=step, writes=False)]
-    else:
+        step, reason = SecretUnchanged, "up to date"
+    if step is not SecretUnchanged:
         details.update(changed_keys=list(changed), previous_checksum=short(previous))
-        actions = [Action(f"{kind}-secret", ref, reason, details, data=step)]
+    actions = [step(target=ref, reason=reason, details=details, labels=labels, annotations=annotations, checksum=digest,
+                    previous_checksum=previous, changed_keys=changed)]
     if deployment is not None and (data_changed or unfinished):
         why = ("new external-auth values" if data_changed
                else "a previous run changed the Secret but did not finish rolling coderd")
@@ -242,18 +273,21 @@ def plan(target: TargetState | None, data: Mapping[str, str], *, namespace: str,
     return Plan(tuple(actions))
 
 
-def event_for(p: Plan, name: str) -> tuple[str, str, str]:
+def event_for(step: SecretWrite, name: str) -> tuple[str, str, str]:
     """(reason, action, message) of the Event recorded on the target: key names and checksums only."""
-    step = secret_step(p)
-    if step.kind == "create":
-        return ("ExternalAuthSecretCreated", "Create",
-                f"Created Secret {name} with keys {', '.join(step.changed_keys)} (checksum {short(step.checksum)})")
     keys = f"changed keys {', '.join(step.changed_keys)}" if step.changed_keys else "values unchanged, metadata updated"
-    if step.kind == "adopt":
-        return ("ExternalAuthSecretAdopted", "Adopt",
-                f"coder-jobs took over Secret {name} (--adopt); {keys} (checksum {short(step.checksum)})")
-    return ("ExternalAuthSecretUpdated", "Update",
-            f"Updated Secret {name}: {keys} (checksum {short(step.previous_checksum)} -> {short(step.checksum)})")
+    match step:
+        case CreateSecret():
+            return ("ExternalAuthSecretCreated", "Create",
+                    f"Created Secret {name} with keys {', '.join(step.changed_keys)} (checksum {short(step.checksum)})")
+        case AdoptSecret():
+            return ("ExternalAuthSecretAdopted", "Adopt",
+                    f"coder-jobs took over Secret {name} (--adopt); {keys} (checksum {short(step.checksum)})")
+        case UpdateSecret():
+            return ("ExternalAuthSecretUpdated", "Update",
+                    f"Updated Secret {name}: {keys} (checksum {short(step.previous_checksum)} -> {short(step.checksum)})")
+        case _:
+            assert_never(step)
 
 
 # ---------------------------------------------------------------------------- observe
@@ -322,15 +356,15 @@ def _write_secret(api: kube.ApiClient, ns: str, name: str, step: SecretStep, dat
                                                           annotations=step.annotations))
 
 
-def _record_event(api: kube.ApiClient, written: kube.Secret, p: Plan, name: str, log: Any) -> None:
-    reason, action, message = event_for(p, name)
+def _record_event(api: kube.ApiClient, written: kube.Secret, step: SecretWrite, name: str, log: Any) -> None:
+    reason, action, message = event_for(step, name)
     try:
         kube.record_event(api, kube.ObjectRef.of(written.metadata, kind="Secret", api_version="v1"), reason, message, action=action)
     except kube.KubeAPIError as err:  # an Event is a record, not part of converging
         log.warning("could not record an Event on the target Secret", error=err.describe(), reason=reason)
 
 
-def _roll(api: kube.ApiClient, ns: str, roll: Rollout, log: Any) -> None:
+def _roll(api: kube.ApiClient, ns: str, roll: RollDeployment, log: Any) -> None:
     if not roll.found:
         log.warning(f"Deployment {ns}/{roll.deployment} not found; not rolling it. coderd may not be synced yet "
                     "(PreSync on a first install): it reads the Secret when it starts", deployment=roll.deployment)
@@ -357,20 +391,25 @@ def _clear_pending(api: kube.ApiClient, ns: str, name: str, secret: kube.Secret 
         return  # deleted meanwhile: nothing left to clear
 
 
-def apply(api: kube.ApiClient, ns: str, name: str, p: Plan, data: Mapping[str, str], current: kube.Secret | None,
-          log: Any) -> None:
-    """The plan's writes, in order. A write that meets someone else's (409, or the Secret gone)
-    raises, and the caller observes and plans again."""
-    step = secret_step(p)
+def apply(api: kube.ApiClient, ns: str, name: str, p: Plan[ExternalAuthAction], data: Mapping[str, str],
+          current: kube.Secret | None, log: Any) -> None:
+    """The plan's writes, in order: the Secret, then coderd's rollout. A write that meets someone
+    else's (409, or the Secret gone) raises, and the caller observes and plans again."""
     written = current
-    if step.kind != "nothing":
-        written = _write_secret(api, ns, name, step, data, current)
-        log.info(f"{PAST[step.kind]} Secret {ns}/{name}", changed_keys=list(step.changed_keys), checksum=short(step.checksum))
-        _record_event(api, written, p, name, log)
-    roll = rollout_step(p)
-    if roll is not None:
-        _roll(api, ns, roll, log)
-        _clear_pending(api, ns, name, written)
+    for action in p:
+        match action:
+            case CreateSecret() | UpdateSecret() | AdoptSecret():
+                written = _write_secret(api, ns, name, action, data, current)
+                log.info(f"{PAST[action.change]} Secret {ns}/{name}", changed_keys=list(action.changed_keys),
+                         checksum=short(action.checksum))
+                _record_event(api, written, action, name, log)
+            case SecretUnchanged():
+                pass
+            case RollDeployment():
+                _roll(api, ns, action, log)
+                _clear_pending(api, ns, name, written)
+            case _:
+                assert_never(action)
 
 
 def wait_for_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, log: Any) -> tuple[str, str]:
@@ -392,13 +431,13 @@ def wait_for_sources(api: kube.ApiClient, ns: str, settings: ExternalAuthSetting
                        "Ready (kubectl get externalsecret), then run the job again (RUNBOOK section 8)") from None
 
 
-def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: RunContext) -> Plan:
+def converge(api: kube.ApiClient, ns: str, settings: ExternalAuthSettings, ctx: RunContext) -> Plan[ExternalAuthAction]:
     name = settings.external_auth_target_secret
     client_id, client_secret = wait_for_sources(api, ns, settings, ctx.log)
     data = desired_data(settings.external_auth_id, client_id, client_secret)
     adopt = settings.external_auth_adopt
 
-    def one_pass() -> Plan:
+    def one_pass() -> Plan[ExternalAuthAction]:
         target, current = observe_target(api, ns, name)
         deployment = settings.coder_deployment
         state = observe_deployment(api, ns, deployment) if deployment and rollout_may_be_due(target, data) else None
@@ -431,6 +470,6 @@ def run(settings: ExternalAuthSettings, ctx: RunContext) -> int:
     finally:
         api.close()
     step = secret_step(p)
-    summary(ctx.log, checked=len(p.actions), changed=sum(a.writes for a in p.actions), dry_run=ctx.dry_run,
-            target_action=step.kind, rollout=rollout_step(p) is not None, checksum=short(step.checksum))
+    summary(ctx.log, checked=len(p), changed=p.writes, dry_run=ctx.dry_run, target_action=step.change,
+            rollout=rollout_step(p) is not None, checksum=short(step.checksum))
     return EXIT_OK

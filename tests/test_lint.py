@@ -17,6 +17,6 @@ def test_ruff_finds_nothing() -> None:
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]
 
 
-def test_mypy_finds_no_error_in_the_jobs_package() -> None:
-    r = run("mypy")  # [tool.mypy] in pyproject.toml: files = ["jobs"], default strictness
+def test_mypy_strict_finds_no_error_in_the_jobs_package() -> None:
+    r = run("mypy", "--strict", "jobs")  # and [tool.mypy] in pyproject.toml, which says strict too
     assert r.returncode == 0, r.stdout[-4000:] + r.stderr[-2000:]

@@ -84,11 +84,12 @@ def console_lines(streams, emit):
 
 
 def test_a_plan_is_one_line_per_action_and_says_would_in_a_dry_run(streams):
-    from jobs.plan import Action, log_plan, report
+    from jobs.plan import Action, Plan, Report, log_plan
 
-    actions = [Action("create-template", "template/a", "missing on coderd", {"fingerprint": "sha256:" + "ab" * 32}),
-               report("nothing", "template/b", "up to date")]
-    out, _ = console_lines(streams, lambda lg: log_plan(lg, actions, dry_run=True))
+    plan = Plan((Action(kind="create-template", target="template/a", reason="missing on coderd",
+                        details={"fingerprint": "sha256:" + "ab" * 32}),
+                 Report(kind="nothing", target="template/b", reason="up to date")))
+    out, _ = console_lines(streams, lambda lg: log_plan(lg, plan, dry_run=True))
     assert len(out) == 2
     assert 'info  would create-template template/a  reason="missing on coderd" fingerprint=sha256:abababababab' \
         in out[0] and "[" not in out[0]  # no Python list repr

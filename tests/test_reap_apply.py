@@ -9,7 +9,8 @@ import pytest
 
 from jobs.errors import CoderAPIError, CoderUnavailable, JobError
 from jobs.models import WorkspaceBuild
-from jobs.reap import Listing, apply_stops, delete_orphans, observe_and_plan
+from jobs.reap import Listing, apply_stops, delete_orphans, observe_and_plan, writes
+from jobs.reap_plan import DeleteOrphan, Stop
 from jobs.reap_rules import Policy
 from jobs.settings import ReapSettings
 from tests.test_reap_plan import NOW, H, ws
@@ -74,10 +75,10 @@ class Pass:
         return p
 
     def stops(self):
-        return [a.data for a in self.plan().of_kind("stop")]
+        return [a.candidate for a in self.plan().of_type(Stop)]
 
     def apply(self, p):
-        for key, n in apply_stops(p, self.client, self.policy, self.settings.reap_concurrency, self.log).items():
+        for key, n in apply_stops(writes(p)[0], self.client, self.policy, self.settings.reap_concurrency, self.log).items():
             self.counts[key] = self.counts.get(key, 0) + n
 
 
@@ -180,11 +181,11 @@ def test_kube_checks_against_the_kubernetes_api(kube, tmp_path):
         r = reaper(IdClient([running, stopped]), reap_workspace_namespace=NS)
         r.api = api
         p = r.plan(delete_orphans=True)
-        doomed = [a.data for a in p.of_kind("orphan")]
-        assert sorted((o.kind, o.workspace_id) for o in doomed) == sorted(
+        doomed = p.of_type(DeleteOrphan)
+        assert sorted((o.resource, o.workspace_id) for o in doomed) == sorted(
             [(kind, wid) for kind in ("pod", "deployment", "secret") for wid in (stopped.id, ghost)])
-        assert [a.details["percent"] for a in p.of_kind("quota-usage-high")] == [90.0]
-        for key, n in delete_orphans(p, api, NS, r.log).items():
+        assert [a.details["percent"] for a in p if a.kind == "quota-usage-high"] == [90.0]
+        for key, n in delete_orphans(writes(p)[1], api, NS, r.log).items():
             r.counts[key] = r.counts.get(key, 0) + n
         for kind in ("pods", "secrets"):
             assert [o["metadata"]["labels"]["com.coder.workspace.id"] for o in kube.objects(kind, NS)] == [running.id]

@@ -438,10 +438,10 @@ def state(data=None, labels=None, annotations=None) -> TargetState:
 def test_plan_create_and_nothing():
     p = plan(None, DATA, namespace=NS, name=TARGET, deployment="coder")
     step = secret_step(p)
-    assert (step.kind, rollout_step(p) is not None, step.annotations[ROLLOUT_PENDING_ANNOTATION]) == ("create", True, SUM)
+    assert (step.change, rollout_step(p) is not None, step.annotations[ROLLOUT_PENDING_ANNOTATION]) == ("create", True, SUM)
     assert [a.kind for a in p.actions] == ["create-secret", "roll-deployment"]
     p = plan(state(), DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (secret_step(p).kind, rollout_step(p) is not None, [a.kind for a in p.actions]) == ("nothing", False, ["nothing"])
+    assert (secret_step(p).change, rollout_step(p) is not None, [a.kind for a in p.actions]) == ("nothing", False, ["nothing"])
     assert not any(a.writes for a in p.actions)
 
 
@@ -449,24 +449,24 @@ def test_plan_update_on_a_changed_value_names_only_keys():
     new = desired_data("github", CLIENT_ID, "another-secret-value-123456")
     p = plan(state(), new, namespace=NS, name=TARGET, deployment="coder")
     step = secret_step(p)
-    assert (step.kind, rollout_step(p) is not None, step.changed_keys) == ("update", True, (KEY_CLIENT_SECRET,))
+    assert (step.change, rollout_step(p) is not None, step.changed_keys) == ("update", True, (KEY_CLIENT_SECRET,))
     assert step.annotations == {CHECKSUM_ANNOTATION: checksum(new), ROLLOUT_PENDING_ANNOTATION: checksum(new)}
-    rendered = json.dumps([a.as_dict() for a in p.actions]) + json.dumps(event_for(p, TARGET))
+    rendered = json.dumps([a.as_dict() for a in p.actions]) + json.dumps(event_for(secret_step(p), TARGET))
     assert "another-secret-value" not in rendered and CLIENT_SECRET not in rendered
-    assert event_for(p, TARGET)[0] == "ExternalAuthSecretUpdated"
+    assert event_for(secret_step(p), TARGET)[0] == "ExternalAuthSecretUpdated"
 
 
 def test_plan_metadata_only_updates_do_not_roll():
     p = plan(state(labels={"app.kubernetes.io/managed-by": "coder-jobs"}), DATA,
              namespace=NS, name=TARGET, deployment="coder")
-    assert (secret_step(p).kind, rollout_step(p) is not None, secret_step(p).changed_keys) == ("update", False, ())
+    assert (secret_step(p).change, rollout_step(p) is not None, secret_step(p).changed_keys) == ("update", False, ())
     p = plan(state(annotations={}), DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (secret_step(p).kind, rollout_step(p) is not None) == ("update", False)
+    assert (secret_step(p).change, rollout_step(p) is not None) == ("update", False)
 
 
 def test_plan_removes_extra_keys():
     p = plan(state(data={**DATA, "EXTRA": "x"}), DATA, namespace=NS, name=TARGET)
-    assert secret_step(p).kind == "update" and secret_step(p).changed_keys == ("EXTRA",)
+    assert secret_step(p).change == "update" and secret_step(p).changed_keys == ("EXTRA",)
     assert rollout_step(p) is None  # no Deployment configured
 
 
@@ -474,17 +474,17 @@ def test_plan_refuses_an_unmanaged_target_unless_adopting():
     with pytest.raises(ConfigError, match="has no app.kubernetes.io/managed-by label"):
         plan(state(labels={}), DATA, namespace=NS, name=TARGET)
     p = plan(state(labels={"x": "y"}), DATA, namespace=NS, name=TARGET, adopt=True, deployment="coder")
-    assert (secret_step(p).kind, rollout_step(p) is not None) == ("adopt", False)  # same values: coderd has nothing new to read
+    assert (secret_step(p).change, rollout_step(p) is not None) == ("adopt", False)  # same values: coderd has nothing new to read
     assert secret_step(p).labels == {"x": "y", **MANAGED_LABELS}
-    assert event_for(p, TARGET)[0] == "ExternalAuthSecretAdopted"
+    assert event_for(secret_step(p), TARGET)[0] == "ExternalAuthSecretAdopted"
 
 
 def test_plan_finishes_an_interrupted_rollout():
     pending = {CHECKSUM_ANNOTATION: SUM, ROLLOUT_PENDING_ANNOTATION: SUM}
     p = plan(state(annotations=pending), DATA, namespace=NS, name=TARGET, deployment="coder")
-    assert (secret_step(p).kind, rollout_step(p) is not None) == ("nothing", True)
+    assert (secret_step(p).change, rollout_step(p) is not None) == ("nothing", True)
     p = plan(state(annotations=pending), DATA, namespace=NS, name=TARGET, deployment=None)
-    assert (secret_step(p).kind, rollout_step(p) is not None) == ("nothing", False)  # nothing to roll: the marker is left alone
+    assert (secret_step(p).change, rollout_step(p) is not None) == ("nothing", False)  # nothing to roll: the marker is left alone
 
 
 def test_plan_patches_only_a_deployment_that_lacks_the_checksum():
@@ -496,5 +496,5 @@ def test_plan_patches_only_a_deployment_that_lacks_the_checksum():
         p = plan(state(annotations=pending), DATA, namespace=NS, name=TARGET, deployment="coder",
                  deployment_state=observed)
         roll = rollout_step(p)
-        assert p.kinds() == ["nothing", "roll-deployment"]
+        assert [a.kind for a in p] == ["nothing", "roll-deployment"]
         assert (roll.patch, roll.found, roll.checksum) == (patch, found, SUM)
