@@ -1,9 +1,10 @@
 """A real kube-apiserver and etcd on 127.0.0.1, built from the Go module proxy.
 
-The binaries come from two small modules next to this file (`k8s/` requires
-`k8s.io/kubernetes`, `etcd/` requires `go.etcd.io/etcd/server/v3`); they are
-built on first use into `.cache/kube/` (git-ignored) and rebuilt only when a
-module file or the Go version changes. A server is started with certificates
+The binaries come from small modules next to this file (`k8s/` requires
+`k8s.io/kubernetes`, `etcd/` requires `go.etcd.io/etcd/server/v3`, `terraform/`
+requires `github.com/hashicorp/terraform`); they are built on first use into
+`.cache/kube/` (git-ignored) and rebuilt only when a module file or the Go
+version changes. A server is started with certificates
 made at start, RBAC, the default admission plugins (PodSecurity among them)
 and an audit log; nothing but the API server and etcd runs (no controllers, no
 kubelet), which is all the jobs talk to.
@@ -47,6 +48,7 @@ HELM_VERSION = "v3.18.6"
 # The Terraform provider coder/coder the templates are written for (tests/test_terraform_coder.py;
 # ../shared/terraform/providers-schema.json was generated from the same release).
 CODER_PROVIDER_VERSION = "v2.20.0"
+TERRAFORM_VERSION = "v1.11.4"  # the version tests/kube/terraform/go.mod requires
 
 MODULES: dict[str, tuple[str | None, list[str], list[str], str]] = {
     # build step -> (module folder, packages, binaries, ldflags)
@@ -64,7 +66,13 @@ MODULES: dict[str, tuple[str | None, list[str], list[str], str]] = {
     # ships (its version comes from the module, which `go version -m` shows).
     "coder-provider": (None, [f"github.com/coder/terraform-provider-coder/v2@{CODER_PROVIDER_VERSION}"],
                        ["terraform-provider-coder"], ""),
+    # Terraform itself, only where it is not on PATH (a build of ~500 CPU-seconds); the release's
+    # own build sets dev=no, without which it reports 1.11.4-dev.
+    "terraform": ("terraform", ["github.com/hashicorp/terraform"], ["terraform"],
+                  "-X github.com/hashicorp/terraform/version.dev=no"),
 }
+# What tests/test_terraform_coder.py needs.
+TERRAFORM_STEPS = ("coder-provider", "terraform")
 
 
 @dataclass
@@ -96,7 +104,16 @@ API_SERVER_STEPS = ("k8s", "etcd")
 
 
 def _steps(only: tuple[str, ...] | None) -> dict[str, tuple[str | None, list[str], list[str], str]]:
-    return {step: spec for step, spec in MODULES.items() if only is None or step in only}
+    return {step: spec for step, spec in MODULES.items() if (only is None or step in only)
+            and not (step == "terraform" and shutil.which("terraform"))}
+
+
+def terraform() -> Path | None:
+    """Terraform on PATH, else the one the build step made."""
+    found = shutil.which("terraform")
+    if found:
+        return Path(found)
+    return BIN / "terraform" if (BIN / "terraform").exists() else None
 
 
 def needs_build(only: tuple[str, ...] | None = None) -> bool:
