@@ -204,12 +204,13 @@ def pytest_collection_finish(session):
         from tests.kube import server
 
         try:
-            built = server.build(only=("coder-provider",))
+            built = server.build(only=server.TERRAFORM_STEPS)
         except RuntimeError:
             pass  # the fixture tries again and says why
         else:
             if built.built:
-                _report("coder-provider-build", f"coder Terraform provider build (cold or changed): {built.describe()}")
+                _report("coder-provider-build",
+                        f"coder Terraform provider (and terraform, not on PATH) build: {built.describe()}")
     if "kube_apiserver" in needs or "node" in needs:
         from tests.kube import server
 

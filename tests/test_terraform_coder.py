@@ -1,11 +1,12 @@
 """The templates through real Terraform with the real coder provider.
 
-Terraform (on PATH) and a `terraform-provider-coder` binary are enough for everything the coder
-provider alone can check. The provider is built by `./dev test`'s build step with
+Terraform and a `terraform-provider-coder` binary are enough for everything the coder provider
+alone can check. The provider is built by `./dev test`'s build step with
 `go install github.com/coder/terraform-provider-coder/v2@v2.20.0` into .cache/kube/bin
-(tests/kube/server.py, step `coder-provider`; $CODER_PROVIDER_BINARY overrides it). Terraform itself
-cannot be `go install`ed (its go.mod has replace directives), so it must be on PATH. Where either
-is missing the tests skip with the reason; with CI=true that is a failure.
+(tests/kube/server.py, step `coder-provider`; $CODER_PROVIDER_BINARY overrides it). Terraform is the
+one on PATH; where there is none, the step `terraform` builds v1.11.4 into the same folder (from
+tests/kube/terraform/go.mod: `go install` refuses Terraform's own go.mod). Where either cannot be
+had the tests skip with the reason; with CI=true that is a failure.
 
 The hashicorp/kubernetes provider and the registry code-server module cannot be fetched here
 (loopback-only network; the provider's v2 releases are not on the Go module proxy), so each
@@ -49,9 +50,6 @@ TOKEN_B = "22222222-bbbb-4bbb-8bbb-canary-token-B"
 TOKEN_ENV = "CODER_RUNNING_WORKSPACE_AGENT_TOKEN_" + hashlib.sha256(b"").hexdigest()
 
 
-TERRAFORM = shutil.which("terraform")
-
-
 def _provider_binary() -> tuple[Path | None, str]:
     """The provider and, when there is none, why: $CODER_PROVIDER_BINARY, else the one the build
     step makes (tests/kube/server.py, step `coder-provider`: cached, so this only finds it after
@@ -78,14 +76,18 @@ def _provider_binary() -> tuple[Path | None, str]:
 
 @pytest.fixture(scope="session", autouse=True)
 def coder_provider() -> Path:
-    """The coder provider binary, and terraform on PATH. Where either is missing these tests skip
-    with the reason, except in CI, where that is a failure (like the node tests)."""
+    """The coder provider binary, and terraform (on PATH, else built). Where either is missing these
+    tests skip with the reason, except in CI, where that is a failure (like the node tests)."""
     provider, why = _provider_binary()
     missing = [why] if provider is None else []
-    if TERRAFORM is None:
-        missing.append("terraform is not on PATH (it cannot be installed from the Go module proxy: `go install "
-                       "github.com/hashicorp/terraform@v1.11.4` refuses a go.mod with replace directives; "
-                       "install HashiCorp's release binary)")
+    why = "go is not on PATH"
+    if shutil.which("go"):
+        try:
+            server.build(only=("terraform",))  # nothing to do where terraform is on PATH
+        except RuntimeError as exc:
+            why = str(exc)
+    if server.terraform() is None:
+        missing.append(f"terraform is not on PATH and could not be built ({why})")
     if missing:
         if os.environ.get("CI") == "true":
             pytest.fail("CI must run the templates through Terraform: " + "; ".join(missing))
@@ -210,8 +212,8 @@ class Terraform:
         }
 
     def run(self, *args: str, env: dict[str, str] | None = None, ok: tuple[int, ...] = (0,)) -> subprocess.CompletedProcess:
-        result = subprocess.run([TERRAFORM, *args, "-no-color"], cwd=self.workdir, env={**self.env, **(env or {})},
-                                capture_output=True, text=True, timeout=600)
+        result = subprocess.run([str(server.terraform()), *args, "-no-color"], cwd=self.workdir,
+                                env={**self.env, **(env or {})}, capture_output=True, text=True, timeout=600)
         assert result.returncode in ok, f"terraform {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}"
         return result
 
