@@ -329,6 +329,7 @@ class KubeAPIServer:
 if __name__ == "__main__":
     # `./dev test` builds first, so the suite's time is the tests' own (a cold build takes minutes).
     try:
-        print(f"Kubernetes binaries, etcd, helm and the coder Terraform provider: {build().describe()}", flush=True)
+        print(f"Kubernetes binaries, etcd, helm, the coder Terraform provider and Terraform (where not on PATH): "
+              f"{build().describe()}", flush=True)
     except (RuntimeError, subprocess.CalledProcessError) as exc:
         raise SystemExit(f"cannot build the real kube-apiserver: {exc}") from None
