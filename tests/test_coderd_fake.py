@@ -163,7 +163,7 @@ def test_first_user_setup_token(fake):
 def test_first_user_race_two_concurrent_calls(fake):
     """No lock in coderd: both pass the 409 check; the second insert of the same username hits the
     unique index (500); with different usernames both succeed and there are two owners."""
-    fake.first_user_race_window = 0.3
+    fake.race_first_user(2)  # both calls pass the 409 check before either inserts, however slow the machine
     results = []
 
     def go(body):
@@ -182,6 +182,7 @@ def test_first_user_race_two_concurrent_calls(fake):
     assert "duplicate key value violates unique constraint" in failed["detail"]
 
     fake.reset_database()
+    fake.race_first_user(2)
     results.clear()
     threads = [threading.Thread(target=go, args=({**FIRST, "username": f"admin{i}", "email": f"a{i}@example.com"},))
                for i in range(2)]
