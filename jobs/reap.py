@@ -35,7 +35,7 @@ from typing import Any, Literal, assert_never
 
 from jobs.coder import CoderClient, client_from_settings
 from jobs.context import RunContext
-from jobs.errors import EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError, ConfigError, JobError
+from jobs.errors import EXIT_NOT_CONVERGED, EXIT_OK, CoderAPIError, JobError
 from jobs.log import summary as log_summary
 from jobs.models import Workspace
 from jobs.plan import Plan, Report, log_action
@@ -264,8 +264,6 @@ def run(settings: ReapSettings, ctx: RunContext) -> int:
     policy = settings.policy()
     orphans_deleted = settings.reap_delete_orphans
     ns = settings.reap_workspace_namespace
-    if orphans_deleted and not ns:
-        raise ConfigError("--delete-orphans needs REAP_WORKSPACE_NAMESPACE (the namespace of the workspace pods)")
     api = kube_api_client() if ns else None
     try:
         with client_from_settings(settings) as client:

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-from pydantic import AnyHttpUrl, Field, SecretStr, ValidationError, field_validator
+from pydantic import AnyHttpUrl, Field, SecretStr, TypeAdapter, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from jobs import reap_rules, validation
@@ -239,6 +239,18 @@ class ReapSettings(CoderSettings):
         description="Delete orphaned workspace objects in REAP_WORKSPACE_NAMESPACE: pods, Deployments and "
                     "coder-<id>-credentials Secrets of workspaces coderd does not know or has stopped "
                     "(default: report only)")
+
+    @classmethod
+    def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
+        problems = super().cross_checks(raw)
+        try:
+            delete_orphans = TypeAdapter(bool).validate_python(raw.get("REAP_DELETE_ORPHANS") or False)
+        except ValidationError:
+            delete_orphans = False  # the field's own check names it
+        if delete_orphans and not raw.get("REAP_WORKSPACE_NAMESPACE"):
+            problems.append("REAP_DELETE_ORPHANS (--delete-orphans): needs REAP_WORKSPACE_NAMESPACE, the namespace "
+                            "of the workspace pods")
+        return problems
 
     def policy(self) -> reap_rules.Policy:
         return reap_rules.Policy(idle_after=self.reap_idle_after, exempt=self.reap_exempt,

@@ -400,6 +400,14 @@ def test_orphaned_credentials_secret_is_reported_and_deleted_only_with_delete_or
 def test_delete_orphans_needs_a_namespace(coderd, reap_env):
     result = run_job("reap", "--delete-orphans", env=reap_env)
     assert result.rc == 2 and "REAP_WORKSPACE_NAMESPACE" in result.output
+    assert coder_writes(coderd) == []  # refused before anything is asked of coderd
+
+
+def test_delete_orphans_without_a_namespace_is_named_with_every_other_bad_setting(coderd, reap_env):
+    result = run_job("reap", env={**reap_env, "REAP_DELETE_ORPHANS": "true", "REAP_IDLE_AFTER": "1m"})
+    assert result.rc == 2
+    assert "REAP_DELETE_ORPHANS (--delete-orphans): needs REAP_WORKSPACE_NAMESPACE" in result.output
+    assert "REAP_IDLE_AFTER: 1m is shorter than 5m" in result.output
 
 
 def test_reaper_without_namespace_never_imports_kubernetes():
