@@ -12,7 +12,7 @@ ZERO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 
 class CoderModel(BaseModel):
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, defer_build=True)
 
 
 class BuildInfo(CoderModel):

@@ -169,7 +169,7 @@ def _true_or_false(value: Any) -> bool:
 class Rule(BaseModel):
     """One rule of REAP_RULES_FILE. Absent globs match anything."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, defer_build=True)
 
     id: Annotated[str, BeforeValidator(_rule_id)]
     template: Glob | None = None

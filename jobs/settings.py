@@ -67,7 +67,8 @@ def object_name_problem(value: str) -> str | None:
 
 
 class JobSettings(BaseSettings):
-    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, case_sensitive=False)
+    # defer_build: a job builds only its own class's validator, not all seven at import.
+    model_config = SettingsConfigDict(extra="ignore", env_ignore_empty=True, case_sensitive=False, defer_build=True)
 
     @classmethod
     def cross_checks(cls, raw: Mapping[str, Any]) -> list[str]:
